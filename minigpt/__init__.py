@@ -1,0 +1,1 @@
+"""minigpt: a small, fast, readable framework for pretraining GPT-style language models."""

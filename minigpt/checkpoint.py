@@ -1,0 +1,108 @@
+"""Checkpoints: the only place that reads or writes checkpoint files.
+
+A checkpoint is one `.pt` file holding a dict of tensors and JSON-compatible metadata:
+    format, version   -- "minigpt-checkpoint", 1: tells our files from foreign ones
+    model             -- the uncompiled, unwrapped model's state dict (no `_orig_mod.` keys)
+    model_config      -- GPTConfig as a dict
+    tokenizer         -- the tokenizer spec, so sampling needs nothing but the checkpoint
+    config            -- the full run config, by section
+    iter_num, best_val_loss, and (for resuming) optimizer / data / rng state.
+Writes are atomic (temp file in the same folder, fsync, rename); loads use `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+from .fileio import atomic_open
+from .model import GPT, GPTConfig
+from . import tokenizer as tokenizers
+
+FORMAT = "minigpt-checkpoint"
+VERSION = 1
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile and DDP wrappers, whose keys carry no prefixes."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save(path: str | Path, model: torch.nn.Module, tokenizer_spec: dict, **extra: Any) -> Path:
+    path = Path(path)
+    plain = unwrap(model)
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": plain.state_dict(),
+        "model_config": dataclasses.asdict(plain.config),
+        "tokenizer": tokenizer_spec,
+        **extra,
+    }
+    try:
+        with atomic_open(path) as f:
+            torch.save(state, f)
+    except PermissionError:
+        raise UserError(f"cannot write the checkpoint to {path} (permission denied); choose a writable --out_dir") from None
+    return path
+
+
+def find(path_or_dir: str | Path) -> Path:
+    """A checkpoint file, or `ckpt.pt` inside a folder."""
+    p = Path(path_or_dir)
+    if p.is_dir():
+        p = p / "ckpt.pt"
+    if not p.is_file():
+        raise UserError(f"no checkpoint at {p}; train one with `python train.py --out_dir={Path(path_or_dir)}` "
+                        f"or pass --out_dir pointing at a folder holding ckpt.pt")
+    return p
+
+
+def load(path_or_dir: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read and validate a checkpoint; a corrupt, truncated or foreign file gets one clear error."""
+    p = find(path_or_dir)
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise UserError(f"{p} is not a readable checkpoint ({first}); it may be truncated or corrupt, "
+                        f"use another checkpoint or train again") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{p} is not a minigpt checkpoint (no '{FORMAT}' marker); "
+                        f"load GPT-2 weights with --init_from instead, or train a model with train.py")
+    if state.get("version", 0) > VERSION:
+        raise UserError(f"{p} was written by a newer minigpt (checkpoint version {state['version']}); upgrade minigpt")
+    return state
+
+
+def build_model(state: dict, device: str | torch.device = "cpu") -> GPT:
+    """The model a checkpoint describes, with its weights loaded."""
+    try:
+        config = GPTConfig(**state["model_config"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the checkpoint's model config is invalid ({e})") from None
+    model = GPT(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint's weights do not fit its model config ({str(e).splitlines()[0]})") from None
+    return model.to(device)
+
+
+def load_model(path_or_dir: str | Path, device: str | torch.device = "cpu"):
+    """(model in eval mode, tokenizer, checkpoint dict) for sampling, evaluation and inspection."""
+    state = load(path_or_dir)
+    model = build_model(state, device).eval()
+    return model, tokenizers.from_spec(state["tokenizer"]), state

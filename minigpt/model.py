@@ -1,0 +1,158 @@
+"""The GPT model: token + position embeddings, stacked pre-LayerNorm blocks of causal attention and MLP.
+
+Shape letters used in the comments:
+    B batch size, T sequence length, C embedding width (n_embd),
+    nh number of heads, hs head size (C // nh), V vocabulary size.
+
+The model is pure: no printing, files, devices or optimizers. Parameter counting lives in
+`minigpt.params`, optimizer groups in `minigpt.optim`, checkpoints in `minigpt.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = field(default=128, metadata={"help": "longest sequence the model sees (context length)"})
+    vocab_size: int = field(default=50257, metadata={"help": "set from the tokenizer when training on a dataset"})
+    n_layer: int = field(default=4, metadata={"help": "number of transformer blocks"})
+    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
+    n_embd: int = field(default=192, metadata={"help": "embedding width C"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights, residual branches and embeddings"})
+    bias: bool = field(default=False, metadata={"help": "biases in Linear layers and LayerNorms (GPT-2 has them)"})
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"pick n_embd as a multiple of n_head"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: one fused q/k/v projection, heads split, SDPA, output projection."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_q, W_k, W_v side by side
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_o
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        # softmax(q k^T / sqrt(hs) + causal mask) v; flash / memory-efficient kernels where available
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: expand 4x, GELU, project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """A transformer block: attention then MLP, each on a LayerNorm'd input and added to the residual stream."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer language model; `forward(idx)` returns next-token logits at every position."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the unembedding is the token embedding (saves V*C parameters, helps small models)
+        self.lm_head.weight = self.transformer.wte.weight
+        init_weights(self)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(
+                f"input has {T} tokens but the model's context (block_size) is {self.config.block_size}; "
+                f"crop the input to its last {self.config.block_size} tokens"
+            )
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)  # (B, T, V)
+
+
+def init_weights(model: GPT) -> None:
+    """Initialise every parameter of a fresh GPT; the one place where initialisation rules live."""
+    std = 0.02
+    # Residual projections are summed into the stream 2 * n_layer times; scale them down so the
+    # stream's variance does not grow with depth (GPT-2 paper, section 2.3).
+    resid_std = std / math.sqrt(2 * model.config.n_layer)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            is_resid = name.endswith("attn.c_proj") or name.endswith("mlp.c_proj")
+            nn.init.normal_(module.weight, mean=0.0, std=resid_std if is_resid else std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)  # biases start at zero
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)  # wte (= lm_head) and wpe: N(0, 0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)  # LayerNorm starts as the identity
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: logits (B, T, V) against target ids (B, T)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))

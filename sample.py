@@ -1,0 +1,15 @@
+"""Sample from a trained model: `python sample.py [--out_dir=out] [--start=TEXT | --start=FILE:path] ...`."""
+
+from minigpt.config import SampleConfig, parse_cli
+from minigpt.errors import run_cli
+from minigpt.sample import sample
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(argv, {"sample": SampleConfig}, "python sample.py", __doc__.splitlines()[0])
+    sample(cfg.sample)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

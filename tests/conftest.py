@@ -1,0 +1,51 @@
+"""Shared test fixtures: small corpora made on the spot, the offline GPT-2 vocabulary where present."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
+TINYSHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+if TIKTOKEN_CACHE.is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+
+needs_gpt2 = pytest.mark.skipif(
+    not (TIKTOKEN_CACHE.is_dir() or os.environ.get("TIKTOKEN_CACHE_DIR")),
+    reason="GPT-2 BPE files not found: ../shared/tiktoken_cache is absent and TIKTOKEN_CACHE_DIR is unset",
+)
+
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+) * 60
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(TEXT)
+    return p
+
+
+def run(*args, cwd=ROOT, check=True, env=None):
+    """Run a project command the way a user does; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def char_dataset(tmp_path, corpus_file) -> Path:
+    from minigpt import corpus, data
+
+    out = tmp_path / "ds"
+    data.prepare(corpus.text_files(corpus_file), "char", out, 0.1)
+    return out

@@ -1,0 +1,93 @@
+"""The commands a user runs: prepare -> train -> sample -> evaluate, and one clear line for bad input."""
+
+import pytest
+import torch
+
+from conftest import run
+
+TINY = ["--preset=tiny", "--max_iters=20", "--eval_interval=10", "--eval_iters=2", "--log_interval=5",
+        "--batch_size=4", "--device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny char model trained end to end through the CLIs."""
+    from conftest import TEXT
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "corpus.txt").write_text(TEXT)
+    run("data/prepare.py", str(tmp / "corpus.txt"), "--out", str(tmp / "ds"))
+    out = tmp / "out"
+    p = run("train.py", *TINY, f"--dataset={tmp / 'ds'}", f"--out_dir={out}")
+    return tmp, out, p
+
+
+def test_train_logs_param_table_and_saves(trained):
+    tmp, out, p = trained
+    assert "non-embedding total" in p.stdout and "attn qkv" in p.stdout
+    assert "step 20: train loss" in p.stdout
+    assert (out / "ckpt.pt").is_file() and (out / "metrics.jsonl").is_file()
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    assert state["iter_num"] == 20 and state["tokenizer"]["kind"] == "char"
+    assert not any(k.startswith("_orig_mod") for k in state["model"])
+
+
+def test_sample_is_deterministic_for_a_seed(trained):
+    tmp, out, _ = trained
+    args = ("sample.py", f"--out_dir={out}", "--start=First", "--num_samples=2", "--max_new_tokens=30", "--seed=3")
+    a, b = run(*args).stdout, run(*args).stdout
+    assert a == b and a.count("First") >= 2
+    c = run(*args[:-1], "--seed=4").stdout
+    assert c != a
+
+
+def test_evaluate_whole_split(trained):
+    tmp, out, _ = trained
+    p = run("-m", "minigpt.evaluate", f"--out_dir={out}")
+    assert "loss" in p.stdout and "bits per byte" in p.stdout
+
+
+def test_long_prompt_is_cropped_with_a_note(trained):
+    tmp, out, _ = trained
+    p = run("sample.py", f"--out_dir={out}", "--start=" + "Speak, speak. " * 10, "--max_new_tokens=5", "--num_samples=1")
+    assert "using its last 32" in p.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train.py", "--dataset=nope", "--preset=tiny"], "python data/prepare.py nope"),
+    (["train.py", "--n_layr=2"], "did you mean n_layer"),
+    (["train.py", "--batch_size=big"], "batch_size must be int"),
+    (["train.py", "--n_embd=10", "--n_head=3"], "divisible"),
+    (["sample.py", "--out_dir=/nonexistent/dir"], "no checkpoint"),
+    (["sample.py", "--temperature=-1"], "temperature"),
+    (["data/prepare.py", "/nonexistent/file.txt"], "neither"),
+])
+def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
+    p = run(*args, check=False, cwd=None)
+    assert p.returncode != 0
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_checkpoint_errors(trained, tmp_path):
+    _, out, _ = trained
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    torch.save({"model": {}}, foreign / "ckpt.pt")
+    p = run("sample.py", f"--out_dir={foreign}", check=False)
+    assert p.returncode != 0 and "not a minigpt checkpoint" in p.stderr
+    truncated = tmp_path / "trunc"
+    truncated.mkdir()
+    (truncated / "ckpt.pt").write_bytes((out / "ckpt.pt").read_bytes()[:5000])
+    p = run("sample.py", f"--out_dir={truncated}", check=False)
+    assert p.returncode != 0 and "truncated or corrupt" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_unknown_prompt_character_and_small_dataset(trained, tmp_path):
+    _, out, _ = trained
+    p = run("sample.py", f"--out_dir={out}", "--start=Zebra\u00e9", check=False)
+    assert p.returncode != 0 and "not in this model's character vocabulary" in p.stderr
+    (tmp_path / "small.txt").write_text("tiny text " * 5)
+    run("data/prepare.py", str(tmp_path / "small.txt"), "--out", str(tmp_path / "small"))
+    p = run("train.py", "--preset=tiny", f"--dataset={tmp_path / 'small'}", f"--out_dir={tmp_path / 'o'}", check=False)
+    assert p.returncode != 0 and "fewer than block_size" in p.stderr
