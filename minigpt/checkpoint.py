@@ -13,7 +13,9 @@ Writes are atomic (temp file in the same folder, fsync, rename); loads use `weig
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -40,13 +42,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def save(path: str | Path, model: torch.nn.Module, tokenizer_spec: dict, **extra: Any) -> Path:
+def save(path: str | Path, model: torch.nn.Module, tokenizer_spec: dict, model_state: dict | None = None,
+         **extra: Any) -> Path:
+    """Write a checkpoint atomically; `model_state` overrides the module's own (e.g. gathered from FSDP shards)."""
     path = Path(path)
     plain = unwrap(model)
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "model": plain.state_dict(),
+        "model": plain.state_dict() if model_state is None else model_state,
         "model_config": dataclasses.asdict(plain.config),
         "tokenizer": tokenizer_spec,
         **extra,
@@ -57,6 +61,25 @@ def save(path: str | Path, model: torch.nn.Module, tokenizer_spec: dict, **extra
     except PermissionError:
         raise UserError(f"cannot write the checkpoint to {path} (permission denied); choose a writable --out_dir") from None
     return path
+
+
+def link(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src` (a hard link, else a copy), replacing `dst` atomically."""
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def keep_last(latest: Path, iter_num: int, n: int) -> None:
+    """Keep `latest` also as ckpt_<iter>.pt and delete all but the newest `n` of those."""
+    link(latest, latest.with_name(f"ckpt_{iter_num:07d}.pt"))
+    numbered = sorted(latest.parent.glob("ckpt_[0-9]*.pt"))
+    for old in numbered[:-n]:
+        old.unlink()
 
 
 def find(path_or_dir: str | Path) -> Path:

@@ -45,7 +45,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     out_dir: str = opt("out", "folder for checkpoints and logs")
     dataset: str = opt("shakespeare", "name of a prepared dataset under data/, or a path to one")
-    init_from: str = opt("scratch", "'scratch' for a fresh model or 'resume' to continue from out_dir")
+    init_from: str = opt("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), a GPT-2 name "
+                                    "(gpt2, gpt2-medium, ...) or a local Hugging Face GPT-2 folder")
+    resume: bool = opt(False, "continue from out_dir/ckpt.pt if it exists, else start from scratch")
+    overwrite: bool = opt(False, "allow a fresh run to replace the checkpoint already in out_dir")
+    keep_last: int = opt(0, "also keep the last N checkpoints as ckpt_<iter>.pt; 0 keeps only ckpt.pt/best.pt")
     batch_size: int = opt(24, "sequences per micro-batch")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step")
     max_iters: int = opt(1000, "optimizer steps to train for")
@@ -65,9 +69,15 @@ class TrainConfig:
     always_save_checkpoint: bool = opt(True, "save at every eval, not only when val loss improves")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     dtype: str = opt("auto", "'auto', 'float32', 'bfloat16' or 'float16' (autocast)")
-    compile: bool = opt(False, "torch.compile the model")
+    compile: bool = opt(False, "torch.compile the model (eval and checkpoints use the plain module)")
+    fsdp: bool = opt(False, "under torchrun, shard the model with FSDP2 instead of DDP")
+    on_nan: str = opt("stop", "on a NaN/inf loss: 'stop' (keep the last good checkpoint) or 'skip' the step")
     seed: int = opt(1337, "random seed")
     threads: int = opt(0, "CPU threads for torch; 0 leaves torch's default")
+    wandb_log: bool = opt(False, "log to Weights & Biases (WANDB_MODE=offline works without network)")
+    wandb_project: str = opt("minigpt", "wandb project")
+    wandb_run_name: str = opt("", "wandb run name; empty lets wandb pick one")
+    plot: bool = opt(True, "write out_dir/loss.png at the end of the run")
 
 
 @dataclass
