@@ -73,6 +73,8 @@ def _check_out_dir(out_dir: Path) -> None:
         probe = out_dir / ".write_test"
         probe.write_bytes(b"")
         probe.unlink()
+        for stale in out_dir.glob(".*.tmp"):  # left by a run killed while it was saving
+            stale.unlink()
     except OSError as e:
         raise UserError(f"cannot write to out_dir {out_dir} ({e.strerror}); choose a writable --out_dir") from None
 

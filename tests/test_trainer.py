@@ -169,3 +169,15 @@ def test_loss_curve_png_is_written(char_dataset, tmp_path):
     out = tmp_path / "png"
     train(cfg(char_dataset, out, max_iters=20, plot=True))
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compiled_and_bf16_follow_the_fp32_trajectory(char_dataset, tmp_path):
+    """Speed options keep results right: compile matches fp32 closely, bf16 autocast more loosely."""
+    runs = {}
+    for name, kw in {"fp32": {}, "compiled": {"compile": True}, "bf16": {"dtype": "bfloat16"}}.items():
+        out = tmp_path / name
+        train(cfg(char_dataset, out, max_iters=20, dropout=0.0, **kw))
+        runs[name] = [r["loss"] for r in metrics(out) if "loss" in r]
+    assert runs["compiled"] == pytest.approx(runs["fp32"], abs=1e-3)
+    assert runs["bf16"] == pytest.approx(runs["fp32"], abs=3e-2)
+    assert runs["fp32"][-1] < runs["fp32"][0]
