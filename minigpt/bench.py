@@ -1,0 +1,173 @@
+"""The benchmark command: `python -m minigpt.bench [WORKLOAD ...] [--quick]` prints a markdown table.
+
+Each workload measures variants of one job against an in-run reference (the fp32 eager variant of the
+same model) and reports tokens/s, ms/step, the ratio to the reference and the peak RSS of the process
+that ran it (every variant runs in a fresh process, so peaks do not leak from one to the next).
+Benchmarks are not tests: they assert nothing and take minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+from .config import PRESETS
+from .errors import UserError, run_cli
+from .model import GPT, GPTConfig, lm_loss
+from .optim import make_optimizer
+from . import runtime
+
+# workload -> (preset, overrides, batch size); B*T >= 256 for gpt2 as the issue asks
+TRAIN_WORKLOADS = {
+    "train-baby": ("baby", {"vocab_size": 65}, 12),
+    "train-gpt2": ("gpt2", {}, 1),
+}
+TRAIN_VARIANTS = {  # variant -> (dtype, compile); the first is the reference
+    "fp32 eager": ("float32", False),
+    "bf16 eager": ("bfloat16", False),
+    "fp32 compiled": ("float32", True),
+    "bf16 compiled": ("bfloat16", True),
+}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    """Best FLOP/s of an n x n matmul in `dtype` on the CPU: the ceiling MFU is measured against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, compile_: bool, steps: int,
+                     warmup: int) -> dict:
+    """Median time of a full training step (forward, backward, clip, fused AdamW) on random tokens."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(**{**PRESETS[preset], **overrides, "dropout": 0.0})
+    device = torch.device("cpu")
+    dtype = runtime.DTYPES[dtype_name]
+    model = GPT(cfg)
+    opt = make_optimizer(model, 1e-4, 0.1, (0.9, 0.95), device)
+    fwd = torch.compile(model) if compile_ else model
+    ctx = runtime.autocast(device, dtype)
+    T = cfg.block_size if preset != "gpt2" else 256
+    x = torch.randint(0, cfg.vocab_size, (batch, T))
+    y = torch.randint(0, cfg.vocab_size, (batch, T))
+
+    def step():
+        with ctx:
+            loss = lm_loss(fwd(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    step()  # the first step includes compilation
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    ms = statistics.median(times) * 1000
+    n_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T  # PaLM appendix B
+    tps = batch * T / (ms / 1000)
+    return {"tokens_per_s": tps, "ms_per_step": ms, "flops": flops_per_token * tps,
+            "compile_s": max(0.0, first - ms / 1000) if compile_ else 0.0}
+
+
+def _child(conn, fn, kwargs):
+    try:
+        result = fn(**kwargs)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send(result)
+    except Exception as e:  # report, do not hang the parent
+        conn.send({"error": f"{type(e).__name__}: {e}"})
+
+
+def isolated(fn, **kwargs) -> dict:
+    """Run `fn(**kwargs)` in a fresh process and return its result with that process's peak RSS."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_child, args=(child, fn, kwargs))
+    p.start()
+    result = parent.recv()
+    p.join()
+    return result
+
+
+def run_train(name: str, quick: bool, peak_bf16: float) -> list[dict]:
+    preset, overrides, batch = TRAIN_WORKLOADS[name]
+    steps, warmup = (3, 1) if quick else (10, 3)
+    rows, ref = [], None
+    for variant, (dtype, compile_) in TRAIN_VARIANTS.items():
+        r = isolated(train_step_bench, preset=preset, overrides=overrides, batch=batch, dtype_name=dtype,
+                     compile_=compile_, steps=steps, warmup=warmup)
+        if "error" in r:
+            rows.append({"workload": name, "variant": variant, "notes": r["error"]})
+            continue
+        ref = ref or r["tokens_per_s"]
+        rows.append({"workload": name, "variant": variant, "tokens_per_s": r["tokens_per_s"],
+                     "ms_per_step": r["ms_per_step"], "ratio": r["tokens_per_s"] / ref,
+                     "mfu": r["flops"] / peak_bf16, "peak_rss_mb": r["peak_rss_mb"],
+                     "notes": f"compile {r['compile_s']:.0f}s" if compile_ else ""})
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    cols = ["workload", "variant", "tokens/s", "ms/step", "vs reference", "MFU (bf16 peak)", "peak RSS MB", "notes"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    f = lambda v, fmt: (fmt.format(v) if isinstance(v, (int, float)) else "")  # noqa: E731
+    for r in rows:
+        out.append("| " + " | ".join([
+            r.get("workload", ""), r.get("variant", ""), f(r.get("tokens_per_s"), "{:,.1f}"),
+            f(r.get("ms_per_step"), "{:,.1f}"), f(r.get("ratio"), "{:.2f}x"), f(r.get("mfu"), "{:.1%}"),
+            f(r.get("peak_rss_mb"), "{:,.0f}"), r.get("notes", "") or "",
+        ]) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.splitlines()[0])
+    p.add_argument("workloads", nargs="*", help=f"any of {', '.join(TRAIN_WORKLOADS)} (default: all)")
+    p.add_argument("--quick", action="store_true", help="fewer steps: a smoke run, not a measurement")
+    args = p.parse_args(argv)
+    names = args.workloads or list(TRAIN_WORKLOADS)
+    unknown = [n for n in names if n not in TRAIN_WORKLOADS]
+    if unknown:
+        raise UserError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(TRAIN_WORKLOADS)}")
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    print(f"machine: {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matmul peak (2048^2): fp32 {peak32 / 1e9:,.0f} GFLOP/s, bf16 {peak16 / 1e9:,.0f} GFLOP/s\n")
+    rows = []
+    for name in names:
+        rows += run_train(name, args.quick, peak16)
+        print(format_rows(rows), "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
