@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 from minigpt import corpus, data  # noqa: E402
-from minigpt.errors import UserError, run_cli  # noqa: E402
+from minigpt.errors import run_cli  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

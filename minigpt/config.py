@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .model import GPTConfig
 
 
 def opt(default: Any, help: str):
@@ -45,8 +44,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     out_dir: str = opt("out", "folder for checkpoints and logs")
     dataset: str = opt("shakespeare", "name of a prepared dataset under data/, or a path to one")
-    init_from: str = opt("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), a GPT-2 name "
-                                    "(gpt2, gpt2-medium, ...) or a local Hugging Face GPT-2 folder")
+    init_from: str = opt("scratch", "'scratch' for a fresh model, 'resume' to continue out_dir/ckpt.pt")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt if it exists, else start from scratch")
     overwrite: bool = opt(False, "allow a fresh run to replace the checkpoint already in out_dir")
     keep_last: int = opt(0, "also keep the last N checkpoints as ckpt_<iter>.pt; 0 keeps only ckpt.pt/best.pt")

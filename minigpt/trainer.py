@@ -27,7 +27,6 @@ from .optim import lr_at, make_optimizer
 from .tracking import Tracker, plot_losses
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 @torch.no_grad()
@@ -80,7 +79,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _initial_state(cfg: Config, dataset: TokenDataset, out_dir: Path):
-    """(model config, resume state or None, pretrained model or None) for the run's init_from."""
+    """(model config, resume state or None) for the run's init_from."""
     t = cfg.train
     resume = t.init_from == "resume" or (t.resume and (out_dir / "ckpt.pt").is_file())
     if resume:
@@ -94,25 +93,13 @@ def _initial_state(cfg: Config, dataset: TokenDataset, out_dir: Path):
         if state["tokenizer"] != dataset.meta["tokenizer"]:
             raise UserError(f"the checkpoint in {out_dir} was trained with a different tokenizer than dataset "
                             f"{dataset.path}; resume on the dataset it was trained on")
-        return mcfg, state, None
+        return mcfg, state
     if (out_dir / "ckpt.pt").is_file() and not t.overwrite:
         raise UserError(f"{out_dir} already holds a checkpoint; continue it with --resume, replace it with "
                         f"--overwrite, or choose another --out_dir")
     if t.init_from == "scratch":
-        return model_config_for(cfg, dataset.vocab_size), None, None
-    if t.init_from in GPT2_NAMES or Path(t.init_from).is_dir():
-        from .hf import from_pretrained  # needs transformers only for hub names
-
-        pretrained = from_pretrained(t.init_from)
-        if dataset.meta["tokenizer"].get("name") not in ("gpt2", "r50k_base"):
-            raise UserError(f"GPT-2 weights need data prepared with --tokenizer gpt2; dataset {dataset.path} "
-                            f"uses {dataset.meta['tokenizer'].get('kind')}")
-        mcfg = pretrained.config
-        if "dropout" in cfg.explicit:
-            mcfg.dropout = cfg.model.dropout
-        return mcfg, None, pretrained
-    raise UserError(f"unknown init_from '{t.init_from}'; use scratch, resume, {', '.join(GPT2_NAMES)} "
-                    f"or a local Hugging Face GPT-2 folder")
+        return model_config_for(cfg, dataset.vocab_size), None
+    raise UserError(f"unknown init_from '{t.init_from}'; use scratch or resume")
 
 
 @contextmanager
@@ -154,13 +141,12 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
 
     dataset = TokenDataset(resolve_dataset(t.dataset))
     out_dir = Path(t.out_dir)
-    mcfg, state, pretrained = _initial_state(cfg, dataset, out_dir)
+    mcfg, state = _initial_state(cfg, dataset, out_dir)
     dataset.check_block_size(mcfg.block_size)
     if main:
         _check_out_dir(out_dir)
 
-    model = pretrained if pretrained is not None else GPT(mcfg)
-    model.to(device)
+    model = GPT(mcfg).to(device)
     say(f"model: {mcfg}")
     say(params.describe(model))
     model = distributed.wrap(model, world, t.fsdp, device)  # FSDP shards in place; DDP returns a wrapper
