@@ -137,6 +137,44 @@ def run_train(name: str, quick: bool, peak_bf16: float) -> list[dict]:
     return rows
 
 
+SPEEDRUN_CONFIG = "configs/speedrun_cpu.toml"
+TINYSHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"
+
+
+def run_speedrun(quick: bool, runs: int = 3) -> list[dict]:
+    """Wall time of `python train.py configs/speedrun_cpu.toml` (launch to saved checkpoint) and its loss
+    over the whole tinyshakespeare val split; prepares the data from ../shared if needed."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from . import checkpoint
+    from .data import TokenDataset, resolve_dataset
+    from .evaluate import evaluate_split
+
+    if not Path("data/tinyshakespeare/meta.json").is_file():
+        if not Path(TINYSHAKESPEARE).is_file():
+            raise UserError("speedrun-cpu needs tinyshakespeare: run `python data/prepare.py tinyshakespeare` "
+                            "(or with --input FILE)")
+        subprocess.run([sys.executable, "data/prepare.py", "tinyshakespeare", "--input", TINYSHAKESPEARE], check=True)
+    rows = []
+    for i in range(1 if quick else runs):
+        out = Path(tempfile.mkdtemp(prefix="speedrun-"))
+        cmd = [sys.executable, "train.py", SPEEDRUN_CONFIG, f"--out_dir={out}", "--plot=false"]
+        if quick:
+            cmd.append("--max_iters=50")
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        model, _, state = checkpoint.load_model(out)
+        val = TokenDataset(resolve_dataset(state["dataset"])).splits["val"]
+        loss, _ = evaluate_split(model, val, batch_size=64)
+        rows.append({"workload": "speedrun-cpu", "variant": f"run {i + 1}", "ms_per_step": None,
+                     "notes": f"wall {wall:.1f}s, full-val loss {loss:.4f} (target <= 1.898; nanoGPT: 134 s)"})
+    return rows
+
+
 def format_rows(rows: list[dict]) -> str:
     cols = ["workload", "variant", "tokens/s", "ms/step", "vs reference", "MFU (bf16 peak)", "peak RSS MB", "notes"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -150,21 +188,28 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+WORKLOADS = {
+    "train-baby": lambda quick, peak: run_train("train-baby", quick, peak),
+    "train-gpt2": lambda quick, peak: run_train("train-gpt2", quick, peak),
+    "speedrun-cpu": lambda quick, peak: run_speedrun(quick),
+}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.splitlines()[0])
-    p.add_argument("workloads", nargs="*", help=f"any of {', '.join(TRAIN_WORKLOADS)} (default: all)")
+    p.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="fewer steps: a smoke run, not a measurement")
     args = p.parse_args(argv)
-    names = args.workloads or list(TRAIN_WORKLOADS)
-    unknown = [n for n in names if n not in TRAIN_WORKLOADS]
+    names = args.workloads or list(WORKLOADS)
+    unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
-        raise UserError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(TRAIN_WORKLOADS)}")
+        raise UserError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     print(f"machine: {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"matmul peak (2048^2): fp32 {peak32 / 1e9:,.0f} GFLOP/s, bf16 {peak16 / 1e9:,.0f} GFLOP/s\n")
     rows = []
     for name in names:
-        rows += run_train(name, args.quick, peak16)
+        rows += WORKLOADS[name](args.quick, peak16)
         print(format_rows(rows), "\n", flush=True)
     return 0
 
