@@ -1,16 +1,26 @@
-"""Parameter counts per block and per matrix: the table train.py logs at the start of every run.
+"""Parameter counts per block, per head and per matrix: the table train.py logs, and `python -m minigpt.params`.
 
 Counts come from the module itself (its named parameters, a tied tensor counted once), so they can
 never drift from the model. For big presets the model is built on the `meta` device: no memory.
+
+    python -m minigpt.params gpt2                       # a preset: per-block table, per head, memory
+    python -m minigpt.params configs/baby.toml --n_layer=8
+    python -m minigpt.params --out_dir=out              # the model of a checkpoint
+    python -m minigpt.params gpt3 --matrices_only       # GPT-3 matrix by matrix, as 3Blue1Brown counts it
+    python -m minigpt.params gpt2 --format=json         # for scripts
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .config import PRESETS, TrainConfig, opt, parse_cli
+from .errors import UserError, run_cli
 from .model import GPT, GPTConfig
 
 BLOCK_COLUMNS = ("attn qkv", "attn out", "mlp up", "mlp down", "norms")
@@ -21,6 +31,11 @@ _KIND = {  # parameter-name fragment inside a block -> column
     "mlp.c_proj": "mlp down",
     "ln_": "norms",
 }
+# The weight matrices a forward pass multiplies by, in the order of 3Blue1Brown's GPT-3 table.
+# No biases, norms or position embeddings; the unembedding is its own row even when tied.
+MATRIX_KINDS = ("embedding", "key", "query", "value", "output", "up-projection", "down-projection", "unembedding")
+_MATRIX = {"attn.c_proj.weight": "output", "mlp.c_fc.weight": "up-projection", "mlp.c_proj.weight": "down-projection"}
+HEAD_PARTS = ("query", "key", "value", "output")
 
 
 @dataclass
@@ -31,6 +46,9 @@ class ParamCounts:
     ln_f: int
     head: int  # parameters of the LM head not shared with wte (0 when tied)
     tied: bool
+    matrices: dict[str, int] = field(default_factory=dict)  # MATRIX_KINDS -> weights, summed over blocks
+    per_head: dict[str, int] = field(default_factory=dict)  # HEAD_PARTS -> weights (+ biases) of one head
+    n_head: int = 0
     total: int = field(init=False)
     non_embedding: int = field(init=False)
 
@@ -38,12 +56,20 @@ class ParamCounts:
         self.total = self.wte + self.wpe + self.ln_f + self.head + sum(sum(b.values()) for b in self.blocks)
         self.non_embedding = self.total - self.wte - self.wpe
 
+    @property
+    def untied_total(self) -> int:
+        """The total with a separate unembedding matrix (what tying saves, added back)."""
+        return self.total + (self.matrices["unembedding"] if self.tied else 0)
+
 
 def count_params(model: GPT) -> ParamCounts:
     seen: set[int] = set()
     blocks = [dict.fromkeys(BLOCK_COLUMNS, 0) for _ in model.transformer.h]
     other = {"wte": 0, "wpe": 0, "ln_f": 0, "lm_head": 0}
+    matrices = dict.fromkeys(MATRIX_KINDS, 0)
     for name, p in model.named_parameters(remove_duplicate=False):
+        if name == "lm_head.weight":
+            matrices["unembedding"] = p.numel()  # listed even when tied: the lectures count it
         if id(p) in seen:
             continue  # the tied lm_head.weight is wte.weight
         seen.add(id(p))
@@ -51,27 +77,88 @@ def count_params(model: GPT) -> ParamCounts:
             i = int(name.split(".")[2])
             col = next(c for frag, c in _KIND.items() if frag in name)
             blocks[i][col] += p.numel()
+            if name.endswith("attn.c_attn.weight"):  # W_q, W_k, W_v stacked: (3C, C)
+                for kind in ("query", "key", "value"):
+                    matrices[kind] += p.numel() // 3
+            kind = next((k for frag, k in _MATRIX.items() if name.endswith(frag)), None)
+            if kind:
+                matrices[kind] += p.numel()
         else:
             key = next(k for k in other if k in name)
             other[key] += p.numel()
+            if name == "transformer.wte.weight":
+                matrices["embedding"] = p.numel()
     tied = model.lm_head.weight is model.transformer.wte.weight
-    return ParamCounts(blocks, other["wte"], other["wpe"], other["ln_f"], other["lm_head"], tied)
+    return ParamCounts(blocks, other["wte"], other["wpe"], other["ln_f"], other["lm_head"], tied,
+                       matrices, _per_head(model), model.config.n_head)
 
 
-def count_config(config: GPTConfig) -> ParamCounts:
-    """Counts for a config without allocating it (built on the meta device)."""
+def _per_head(model: GPT) -> dict[str, int]:
+    """One head's share of one block's attention: its rows of W_q, W_k, W_v (and their biases), its
+    columns of W_o. The output bias (C numbers) belongs to no single head and is left out."""
+    if not len(model.transformer.h):
+        return dict.fromkeys(HEAD_PARTS, 0)
+    attn, nh = model.transformer.h[0].attn, model.config.n_head
+    qkv = attn.c_attn.weight.numel() + (attn.c_attn.bias.numel() if attn.c_attn.bias is not None else 0)
+    return {"query": qkv // 3 // nh, "key": qkv // 3 // nh, "value": qkv // 3 // nh,
+            "output": attn.c_proj.weight.numel() // nh}
+
+
+def count_config(config: GPTConfig, untied: bool = False) -> ParamCounts:
+    """Counts for a config without allocating it (built on the meta device). `untied` gives the LM head
+    its own matrix (as GPT-3 is counted in the lectures); the model itself always ties."""
     with torch.device("meta"):
         model = GPT(config)
+        if untied:
+            model.lm_head.weight = nn.Parameter(torch.empty_like(model.transformer.wte.weight))
     return count_params(model)
 
 
+def memory(n_params: int) -> dict[str, dict[str, int]]:
+    """Bytes for weights, gradients and AdamW's two moments, all kept in fp32 or all in bf16.
+    (train.py's autocast keeps weights, grads and optimizer state in fp32: the fp32 row.)"""
+    out = {}
+    for dtype, size in (("fp32", 4), ("bf16", 2)):
+        row = {"weights": n_params * size, "grads": n_params * size, "adamw": 2 * n_params * size}
+        out[dtype] = {**row, "total": sum(row.values())}
+    return out
+
+
+def _human(n_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n_bytes < 1024 or unit == "TiB":
+            return f"{n_bytes:,.0f} {unit}" if unit == "B" else f"{n_bytes:,.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError
+
+
+def _share(n: int, total: int) -> str:
+    return f"{100 * n / total:5.1f}%" if total else ""
+
+
+def _block_rows(c: ParamCounts) -> list[list[str]]:
+    """One row per run of identical blocks ('0-11' when all twelve are the same)."""
+    rows, start = [], 0
+    for i in range(1, len(c.blocks) + 1):
+        if i == len(c.blocks) or c.blocks[i] != c.blocks[start]:
+            b = c.blocks[start]
+            label = str(start) if i - 1 == start else f"{start}-{i - 1}"
+            rows.append([label] + [f"{b[k]:,}" for k in BLOCK_COLUMNS] + [f"{sum(b.values()):,}"])
+            start = i
+    return rows
+
+
+def _columns(header: list[str], rows: list[list[str]], left: int = 0) -> list[str]:
+    """Right-aligned columns (the first `left` ones left-aligned), two spaces apart."""
+    widths = [max(len(r[j]) for r in rows + [header]) for j in range(len(header))]
+    line = lambda r: "  ".join(x.ljust(w) if j < left else x.rjust(w) for j, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
 def format_table(c: ParamCounts) -> str:
-    """A plain-text table: one row per block, then embeddings, final norm, head and totals."""
-    cols = ("block",) + BLOCK_COLUMNS + ("total",)
-    rows = [[str(i)] + [f"{b[k]:,}" for k in BLOCK_COLUMNS] + [f"{sum(b.values()):,}"] for i, b in enumerate(c.blocks)]
-    widths = [max(len(r[j]) for r in rows + [list(cols)]) for j in range(len(cols))]
-    line = lambda r: "  ".join(x.rjust(w) for x, w in zip(r, widths))  # noqa: E731
-    out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    """A plain-text table: one row per block (runs of identical blocks merged), then embeddings, final
+    norm, head and totals with their share of the total."""
+    out = _columns(["block", *BLOCK_COLUMNS, "total"], _block_rows(c))
     blocks_total = sum(sum(b.values()) for b in c.blocks)
     summary = [
         ("token embedding (wte)", c.wte),
@@ -85,9 +172,139 @@ def format_table(c: ParamCounts) -> str:
     w = max(len(k) for k, _ in summary)
     nw = max(len(f"{v:,}") for _, v in summary)
     out.append("")
-    out += [f"{k.ljust(w)}  {v:>{nw},}" for k, v in summary]
+    out += [f"{k.ljust(w)}  {v:>{nw},}  {_share(v, c.total)}" for k, v in summary]
     return "\n".join(out)
+
+
+def format_per_head(c: ParamCounts, config: GPTConfig) -> str:
+    hs = config.n_embd // config.n_head
+    b = "" if not config.bias else " + bias"
+    shapes = {"query": f"C x hs{b}", "key": f"C x hs{b}", "value": f"C x hs{b}", "output": "hs x C"}
+    rows = [[part, shapes[part], f"{c.per_head[part]:,}"] for part in HEAD_PARTS]
+    rows.append(["one head", "", f"{sum(c.per_head.values()):,}"])
+    rows.append([f"all {c.n_head * len(c.blocks)} heads", "", f"{sum(c.per_head.values()) * c.n_head * len(c.blocks):,}"])
+    head = f"per head (n_head {config.n_head}, head size hs {hs}, C {config.n_embd}; the output bias is shared):"
+    return "\n".join([head] + _columns(["", "shape", "parameters"], rows, left=2))
+
+
+def format_tying(c: ParamCounts) -> str:
+    saved = c.matrices["unembedding"]
+    if c.tied:
+        return (f"tied: yes, the lm head is wte ({saved:,} parameters counted once); "
+                f"untied the total would be {c.untied_total:,}")
+    return f"tied: no, the lm head has its own {saved:,} parameters; tied the total would be {c.total - saved:,}"
+
+
+def format_memory(c: ParamCounts) -> str:
+    mem = memory(c.total)
+    rows = [[dtype] + [_human(m[k]) for k in ("weights", "grads", "adamw", "total")] for dtype, m in mem.items()]
+    head = f"memory for {c.total:,} parameters (activations not included):"
+    return "\n".join([head] + _columns(["", "weights", "grads", "AdamW state", "total"], rows, left=1))
+
+
+def format_matrices(c: ParamCounts, config: GPTConfig) -> str:
+    """Weight matrices only, one row per kind, as 3Blue1Brown tabulates GPT-3: no biases, norms or
+    position embeddings, and the unembedding counted as a matrix of its own."""
+    C, L, hs, V = config.n_embd, config.n_layer, config.n_embd // config.n_head, c.matrices["embedding"] // config.n_embd
+    shapes = {
+        "embedding": f"{C:,} x {V:,}",
+        "key": f"{hs} x {C:,} x {config.n_head} heads x {L} layers",
+        "query": f"{hs} x {C:,} x {config.n_head} heads x {L} layers",
+        "value": f"{hs} x {C:,} x {config.n_head} heads x {L} layers",
+        "output": f"{C:,} x {hs} x {config.n_head} heads x {L} layers",
+        "up-projection": f"{4 * C:,} x {C:,} x {L} layers",
+        "down-projection": f"{C:,} x {4 * C:,} x {L} layers",
+        "unembedding": f"{V:,} x {C:,}" + (" (tied: the embedding's tensor)" if c.tied else ""),
+    }
+    total = sum(c.matrices.values())
+    rows = [[k, shapes[k], f"{v:,}", _share(v, total)] for k, v in c.matrices.items()]
+    rows.append(["total", "", f"{total:,}", _share(total, total)])
+    out = _columns(["matrix", "shape", "weights", "share"], rows, left=2)
+    if c.tied:
+        out.append(f"(stored with the unembedding tied to the embedding: {total - c.matrices['unembedding']:,})")
+    return "\n".join(out)
+
+
+def report(c: ParamCounts, config: GPTConfig) -> str:
+    """Everything `python -m minigpt.params` prints: the train.py table, per head, tying and memory."""
+    return "\n\n".join([format_table(c), format_per_head(c, config), format_tying(c), format_memory(c)])
+
+
+def to_json(c: ParamCounts, config: GPTConfig) -> dict:
+    d = asdict(c)
+    d.update(untied_total=c.untied_total, matrices_total=sum(c.matrices.values()), memory=memory(c.total),
+             model_config=asdict(config))
+    return d
 
 
 def describe(model: nn.Module) -> str:
     return format_table(count_params(model))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line
+
+@dataclass
+class ParamsConfig:
+    format: str = opt("text", "'text' (tables) or 'json' (for scripts)")
+    matrices_only: bool = opt(False, "weight matrices only, one row per kind (3Blue1Brown's GPT-3 count)")
+    untied: bool = opt(False, "count the LM head as its own matrix instead of tied to the token embedding")
+
+
+ABOUT = ("Parameter tables for a preset, a config file, --key=value overrides, or a checkpoint (--out_dir): "
+         "per block, per head, tying, memory; --matrices_only for the per-matrix view.")
+
+
+def _model_config(cfg, argv: list[str]) -> tuple[GPTConfig, str]:
+    """(model config, where it came from): a checkpoint when --out_dir is on the command line, else the
+    merged preset/file/overrides, with the vocabulary of the configured dataset when it is prepared."""
+    if any(a.startswith("--out_dir") for a in argv):
+        from . import checkpoint
+
+        shape_keys = cfg.explicit & ({"preset"} | set(GPTConfig.__dataclass_fields__))
+        if shape_keys:
+            raise UserError(f"--out_dir counts the checkpoint's own model; drop {', '.join(sorted(shape_keys))}")
+        state = checkpoint.load(cfg.train.out_dir)
+        try:
+            return GPTConfig(**state["model_config"]), f"checkpoint {checkpoint.find(cfg.train.out_dir)}"
+        except (TypeError, ValueError) as e:
+            raise UserError(f"the checkpoint's model config is invalid ({e})") from None
+    m = cfg.model
+    if "dataset" in cfg.explicit and "vocab_size" not in cfg.explicit:
+        from .data import TokenDataset, resolve_dataset
+
+        try:  # train.py takes the vocabulary from the dataset; so do we when it is prepared
+            m = GPTConfig(**{**m.__dict__, "vocab_size": TokenDataset(resolve_dataset(cfg.train.dataset)).vocab_size})
+        except UserError:
+            pass
+    return m, "config"
+
+
+def main(argv: list[str]) -> int:
+    argv = list(argv)
+    positional = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if positional:  # `python -m minigpt.params gpt2`: a preset name where a config file could stand
+        i = positional[0]
+        if argv[i] in PRESETS:
+            argv[i] = f"--preset={argv[i]}"
+        elif not argv[i].endswith(".toml") and not Path(argv[i]).is_file():
+            raise UserError(f"unknown preset '{argv[i]}'; choose one of {', '.join(PRESETS)}, or pass a .toml file")
+    cfg = parse_cli(argv, {"model": GPTConfig, "params": ParamsConfig, "train": TrainConfig},
+                    "python -m minigpt.params", ABOUT)
+    p = cfg.params
+    if p.format not in ("text", "json"):
+        raise UserError(f"--format must be text or json, got '{p.format}'")
+    config, source = _model_config(cfg, argv)
+    c = count_config(config, untied=p.untied)
+    if p.format == "json":
+        print(json.dumps(to_json(c, config), indent=2))
+        return 0
+    shape = ", ".join(f"{k}={getattr(config, k)}" for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                                "vocab_size", "bias"))
+    print(f"model ({source}): {shape}\n")
+    print(format_matrices(c, config) if p.matrices_only else report(c, config))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,8 +1,11 @@
+import json
+
 import pytest
 
 from minigpt.config import PRESETS
+from minigpt.errors import UserError
 from minigpt.model import GPT, GPTConfig
-from minigpt.params import count_config, count_params, format_table
+from minigpt.params import count_config, count_params, format_matrices, format_table, main, memory
 
 
 @pytest.mark.parametrize("name,total", [
@@ -25,3 +28,85 @@ def test_gpt2_breakdown():
 def test_counts_equal_the_model_parameters():
     model = GPT(GPTConfig(**{**PRESETS["tiny"], "vocab_size": 70, "bias": True}))
     assert count_params(model).total == sum(p.numel() for p in model.parameters())
+
+
+# ---- the inspector: per matrix, per head, tying, memory, the command line ----
+
+GPT3_175B_MATRICES = {  # 3Blue1Brown's table, matrix by matrix
+    "embedding": 617_558_016, "key": 14_495_514_624, "query": 14_495_514_624, "value": 14_495_514_624,
+    "output": 14_495_514_624, "up-projection": 57_982_058_496, "down-projection": 57_982_058_496,
+    "unembedding": 617_558_016,
+}
+
+
+def test_gpt3_matrices_match_3blue1brown():
+    c = count_config(GPTConfig(**PRESETS["gpt3"]), untied=True)
+    assert c.matrices == GPT3_175B_MATRICES
+    assert sum(c.matrices.values()) == 175_181_291_520
+    assert not c.tied and c.head == 617_558_016
+    table = format_matrices(c, GPTConfig(**PRESETS["gpt3"]))
+    assert "175,181,291,520" in table and "57,982,058,496" in table
+
+
+@pytest.mark.parametrize("name,billions", [
+    ("gpt3-small", 0.125), ("gpt3-medium", 0.35), ("gpt3-large", 0.76), ("gpt3-xl", 1.3), ("gpt3-2.7b", 2.7),
+    ("gpt3-6.7b", 6.7), ("gpt3-13b", 13), ("gpt3", 175),
+])
+def test_gpt3_family_is_near_the_paper_sizes(name, billions):
+    assert abs(count_config(GPTConfig(**PRESETS[name])).total / 1e9 / billions - 1) < 0.05
+
+
+def test_matrices_per_head_and_tying_come_from_the_module():
+    cfg = GPTConfig(**{**PRESETS["tiny"], "vocab_size": 70, "bias": True})  # C 32, 2 heads of 16, 2 layers
+    c = count_params(GPT(cfg))
+    assert c.matrices["query"] == c.matrices["key"] == c.matrices["value"] == 2 * 32 * 32
+    assert c.matrices["up-projection"] == 2 * 32 * 128 and c.matrices["embedding"] == c.matrices["unembedding"] == 70 * 32
+    assert c.per_head == {"query": 32 * 16 + 16, "key": 32 * 16 + 16, "value": 32 * 16 + 16, "output": 16 * 32}
+    untied = count_config(cfg, untied=True)
+    assert untied.total == c.untied_total == c.total + 70 * 32
+    assert memory(c.total)["fp32"]["total"] == 16 * c.total and memory(c.total)["bf16"]["adamw"] == 4 * c.total
+
+
+def test_identical_blocks_share_one_row():
+    table = format_table(count_config(GPTConfig(**PRESETS["gpt2"])))
+    assert " 0-11 " in table and "\n 1 " not in table
+
+
+def test_cli_prints_the_gpt2_report(capsys):
+    assert main(["gpt2"]) == 0
+    out = capsys.readouterr().out
+    for s in ("124,439,808", "7,087,872", "per head", "196,800", "tied: yes", "163,037,184", "AdamW", "1.9 GiB"):
+        assert s in out
+
+
+def test_cli_gpt3_matrices_only_and_json(capsys):
+    main(["gpt3", "--matrices_only"])
+    assert "175,181,291,520" in capsys.readouterr().out
+    main(["gpt2-xl", "--format=json"])
+    d = json.loads(capsys.readouterr().out)
+    assert d["total"] == 1_557_611_200 and d["tied"] and d["memory"]["fp32"]["weights"] == 4 * 1_557_611_200
+
+
+def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset):
+    from minigpt import checkpoint
+    from minigpt.tokenizer import CharTokenizer
+
+    main(["configs/baby.toml", "--vocab_size=65", "--n_layer=6", "--format=json"])
+    d = json.loads(capsys.readouterr().out)
+    assert len(d["blocks"]) == 6 and d["model_config"]["n_embd"] == 128
+    model = GPT(GPTConfig(**{**PRESETS["tiny"], "vocab_size": 65}))
+    checkpoint.save(tmp_path / "ckpt.pt", model, CharTokenizer("ab").spec())
+    main([f"--out_dir={tmp_path}", "--format=json"])
+    assert json.loads(capsys.readouterr().out)["total"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["gpt5"], "unknown preset 'gpt5'; choose one of tiny, baby"),
+    (["--preset=gpt5"], "unknown preset 'gpt5'"),
+    (["gpt2", "--format=xml"], "--format must be text or json"),
+    (["gpt2", "--n_layr=3"], "did you mean n_layer"),
+    (["--out_dir=/nonexistent/ckpt"], "no checkpoint at"),
+])
+def test_cli_bad_input_is_one_clear_error(argv, msg):
+    with pytest.raises(UserError, match=msg):
+        main(argv)
