@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import time
@@ -19,6 +18,7 @@ import torch
 
 from .config import PRESETS
 from .errors import UserError, run_cli
+from .flops import cpu_name, matmul_peak, model_flops_per_token
 from .model import GPT, GPTConfig, lm_loss
 from .optim import make_optimizer
 from . import runtime
@@ -34,28 +34,6 @@ TRAIN_VARIANTS = {  # variant -> (dtype, compile); the first is the reference
     "fp32 compiled": ("float32", True),
     "bf16 compiled": ("bfloat16", True),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """Best FLOP/s of an n x n matmul in `dtype` on the CPU: the ceiling MFU is measured against."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    best = 0.0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, compile_: bool, steps: int,
@@ -92,8 +70,7 @@ def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, 
         step()
         times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
-    n_params = sum(p.numel() for p in model.parameters())
-    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T  # PaLM appendix B
+    flops_per_token = model_flops_per_token(model, T)  # 6N + 12 L C T, see minigpt.flops
     tps = batch * T / (ms / 1000)
     return {"tokens_per_s": tps, "ms_per_step": ms, "flops": flops_per_token * tps,
             "compile_s": max(0.0, first - ms / 1000) if compile_ else 0.0}
@@ -205,7 +182,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise UserError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"machine: {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"matmul peak (2048^2): fp32 {peak32 / 1e9:,.0f} GFLOP/s, bf16 {peak16 / 1e9:,.0f} GFLOP/s\n")
     rows = []
     for name in names:

@@ -28,7 +28,7 @@ def opt(default: Any, help: str):
 
 
 # Named model shapes. `tiny` trains in seconds on a CPU (tests use it); `baby` is nanoGPT's CPU
-# shakespeare_char config; the gpt2 family matches OpenAI's released checkpoints.
+# shakespeare_char config; the gpt2 family matches OpenAI's released checkpoints; gpt3-* the GPT-3 paper.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, bias=False),
     "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
@@ -37,6 +37,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257, bias=True),
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257, bias=True),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=50257, bias=True),
+    # GPT-3 paper, table 2.1 (context 2048; too big to train here, for `python -m minigpt.params`).
+    # Its table does not multiply out twice: 13B's d_model 5140 is 40 heads x 128 = 5120, and XL's
+    # 24 heads of 128 do not make d_model 2048; we keep d_model and head size 128, so 16 heads.
+    "gpt3-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=2048, vocab_size=50257, bias=True),
+    "gpt3-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048, vocab_size=50257, bias=True),
+    "gpt3-large": dict(n_layer=24, n_head=16, n_embd=1536, block_size=2048, vocab_size=50257, bias=True),
+    "gpt3-xl": dict(n_layer=24, n_head=16, n_embd=2048, block_size=2048, vocab_size=50257, bias=True),
+    "gpt3-2.7b": dict(n_layer=32, n_head=32, n_embd=2560, block_size=2048, vocab_size=50257, bias=True),
+    "gpt3-6.7b": dict(n_layer=32, n_head=32, n_embd=4096, block_size=2048, vocab_size=50257, bias=True),
+    "gpt3-13b": dict(n_layer=40, n_head=40, n_embd=5120, block_size=2048, vocab_size=50257, bias=True),
+    "gpt3": dict(n_layer=96, n_head=96, n_embd=12288, block_size=2048, vocab_size=50257, bias=True),  # 175B
 }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, params, runtime
+from . import checkpoint, distributed, flops, params, runtime
 from .config import Config
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
@@ -149,6 +149,7 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
     model = GPT(mcfg).to(device)
     say(f"model: {mcfg}")
     say(params.describe(model))
+    flops_per_token = flops.model_flops_per_token(model)  # 6N + 12 L C T, before any sharding
     model = distributed.wrap(model, world, t.fsdp, device)  # FSDP shards in place; DDP returns a wrapper
     plain = checkpoint.unwrap(model)  # for eval and checkpoints: no DDP / compile wrappers
     runtime.seed_everything(t.seed + world.rank)  # but different dropout masks on each rank
@@ -174,6 +175,10 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
         wandb_cfg = {"project": t.wandb_project, "run_name": t.wandb_run_name} if t.wandb_log else None
         tracker = Tracker(out_dir, start_iter if state is not None else None, wandb_cfg, cfg.to_dict())
     tokens_per_iter = t.batch_size * t.gradient_accumulation_steps * mcfg.block_size
+    peak, peak_note = flops.device_peak(device, dtype) if main else (None, "")
+    say(f"MFU against: {peak_note}")
+    # tokens/s counts every rank's tokens, so the peak is per device times the number of processes
+    mfu_of = (lambda tps: flops.mfu(flops_per_token, tps, peak * world.world_size)) if peak else (lambda tps: None)
     say(f"training on {device} x {world.world_size} ({str(dtype).removeprefix('torch.')}), {tokens_per_iter:,} "
         f"tokens per iteration, dataset {dataset.path} ({dataset.meta['train_tokens']:,} train tokens)")
 
@@ -247,9 +252,12 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
                 now = time.time()
                 tps = tokens_seen / (now - t_last)
                 tokens_seen, t_last = 0, now
-                bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                mfu = mfu_of(tps)
+                bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
+                                **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}))
                 if tracker:
-                    tracker.log({"iter": it + 1, "loss": lossf, "lr": lr, "tokens_per_s": tps})
+                    tracker.log({"iter": it + 1, "loss": lossf, "lr": lr, "tokens_per_s": tps,
+                                 **({"mfu": mfu} if mfu is not None else {})})
             if distributed.any_flag(bool(caught), world, device):
                 stopped_by = caught[0] if caught else signal.SIGTERM
                 save(it + 1, False, False)
@@ -266,6 +274,8 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
     if main and t.plot and not t.eval_only:
         plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
     n_trained = max(0, t.max_iters - start_iter)
-    say(f"done: {n_trained} iterations in {elapsed:.1f}s ({n_trained * tokens_per_iter / max(elapsed, 1e-9):,.0f} "
-        f"tokens/s); checkpoint in {out_dir}")
+    tps = n_trained * tokens_per_iter / max(elapsed, 1e-9)
+    mfu = mfu_of(tps)
+    say(f"done: {n_trained} iterations in {elapsed:.1f}s ({tps:,.0f} tokens/s"
+        f"{f', MFU {mfu:.1%} with evals' if mfu is not None else ''}); checkpoint in {out_dir}")
     return {"losses": losses, "best_val_loss": best_val, "elapsed": elapsed, "out_dir": str(out_dir)}
