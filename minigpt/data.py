@@ -1,9 +1,13 @@
 """Token files on disk and the batches drawn from them.
 
-A prepared dataset is a folder with `train.bin` and `val.bin` (token ids as raw uint16 when the
-vocabulary fits, else uint32, like nanoGPT) and `meta.json` (tokenizer spec, dtype, token and byte
-counts, source and its sha256). `Batches` draws random windows from the memory-mapped files with
-its own seeded generator, whose state is saved in checkpoints so a resumed run sees the same stream.
+A prepared dataset is a folder with `meta.json` and either
+- `train.bin` and `val.bin`: token ids as raw uint16 when the vocabulary fits, else uint32, like
+  nanoGPT (written by `prepare` below, for whole texts that fit in memory), or
+- shards `train_000000.bin, ...`: headered token files written by the streaming preparation of
+  minigpt.shards, for corpora of any size.
+Either way `TokenDataset.splits[split]` is one long memory-mapped token array. `Batches` draws random
+windows from it with its own seeded generator, whose state is saved in checkpoints so a resumed run
+sees the same stream; with `align_to_doc` windows start right after an end-of-text token.
 """
 
 from __future__ import annotations
@@ -16,18 +20,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import shards
 from . import tokenizer as tokenizers
 from .corpus import Corpus
 from .errors import UserError
 from .fileio import atomic_open, atomic_write_json
+from .shards import token_dtype
 
 FORMAT = "minigpt-tokens"
 SPLITS = ("train", "val")
 _CHUNK = 1 << 20  # characters encoded per progress-bar step
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
 def encode_text(tok, text: str, desc: str = "encoding") -> np.ndarray:
@@ -93,20 +95,30 @@ def resolve_dataset(dataset: str, data_root: str | Path = "data") -> Path:
 
 
 class TokenDataset:
-    """A prepared dataset: its meta.json, tokenizer and memory-mapped splits."""
+    """A prepared dataset (single files or shards): its meta.json, tokenizer and memory-mapped splits.
 
-    def __init__(self, path: str | Path):
+    Shards are sha256-checked on opening when the dataset is at most shards.VERIFY_LIMIT bytes (or
+    `verify=True`); check bigger ones with `python -m minigpt.shards verify DIR`.
+    """
+
+    def __init__(self, path: str | Path, verify: bool | None = None):
         self.path = Path(path)
         try:
             self.meta = json.loads((self.path / "meta.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{self.path / 'meta.json'} cannot be read ({e}); prepare the dataset again") from None
-        if self.meta.get("format") != FORMAT:
-            raise UserError(f"{self.path} is not a minigpt dataset (meta.json has no format '{FORMAT}'); "
-                            f"prepare it with data/prepare.py")
+        if self.meta.get("format") not in (FORMAT, shards.FORMAT):
+            raise UserError(f"{self.path} is not a minigpt dataset (meta.json has no format '{FORMAT}' or "
+                            f"'{shards.FORMAT}'); prepare it with data/prepare.py")
         self.tokenizer = tokenizers.from_spec(self.meta["tokenizer"])
         self.vocab_size = int(self.meta["vocab_size"])
-        self.splits: dict[str, np.memmap] = {}
+        self.splits: dict[str, np.ndarray | shards.Tokens] = {}
+        if self.meta["format"] == shards.FORMAT:
+            if verify is None:
+                verify = shards.dataset_bytes(self.meta) <= shards.VERIFY_LIMIT
+            for split in SPLITS:
+                self.splits[split] = shards.load_split(self.path, self.meta, split, verify)
+            return
         dtype = np.dtype(self.meta["dtype"])
         for split in SPLITS:
             f = self.path / f"{split}.bin"
@@ -126,10 +138,24 @@ class TokenDataset:
                 )
 
 
-class Batches:
-    """Random (input, target) windows of `block_size` tokens from one dataset, from a seeded generator."""
+def doc_starts(data, eot_id: int, chunk: int = 1 << 24) -> np.ndarray:
+    """Positions where a document starts: 0 and right after every end-of-text token (read in chunks)."""
+    found = [np.zeros(1, np.int64)]
+    for lo in range(0, len(data), chunk):
+        block = np.asarray(data[lo:lo + chunk])
+        found.append(np.flatnonzero(block == eot_id).astype(np.int64) + lo + 1)
+    return np.concatenate(found)
 
-    def __init__(self, dataset: TokenDataset, block_size: int, batch_size: int, seed: int, rank: int = 0):
+
+class Batches:
+    """Random (input, target) windows of `block_size` tokens from one dataset, from a seeded generator.
+
+    A window may start anywhere, so a shard contributes in proportion to its size; with `align_to_doc`
+    it starts at a document boundary instead (each document equally likely).
+    """
+
+    def __init__(self, dataset: TokenDataset, block_size: int, batch_size: int, seed: int, rank: int = 0,
+                 align_to_doc: bool = False):
         dataset.check_block_size(block_size)
         self.dataset = dataset
         self.block_size = block_size
@@ -137,11 +163,32 @@ class Batches:
         # One generator per rank: each rank of a distributed run draws its own stream
         self.generator = torch.Generator().manual_seed(seed + 1000 * rank)
         self._offsets = np.arange(block_size + 1)
+        self.align_to_doc = align_to_doc
+        self._doc_starts: dict[str, np.ndarray] = {}  # per split, found on first use
+        if align_to_doc and dataset.tokenizer.eot_id is None:
+            raise UserError(f"align_to_doc needs documents separated by an end-of-text token, and the tokenizer "
+                            f"of {dataset.path} ({dataset.meta['tokenizer'].get('kind')}) has none; prepare the "
+                            f"data with a BPE tokenizer or drop --align_to_doc")
+
+    def _starts(self, split: str) -> np.ndarray:
+        if split not in self._doc_starts:
+            data = self.dataset.splits[split]
+            starts = doc_starts(data, self.dataset.tokenizer.eot_id)
+            starts = starts[starts < len(data) - self.block_size]  # room for a whole window
+            if not len(starts):
+                raise UserError(f"no document of the {split} split of {self.dataset.path} starts early enough for "
+                                f"a window of {self.block_size} tokens; drop --align_to_doc or use more text")
+            self._doc_starts[split] = starts
+        return self._doc_starts[split]
 
     def get(self, split: str, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         data = self.dataset.splits[split]
         B = batch_size or self.batch_size
-        starts = torch.randint(len(data) - self.block_size, (B,), generator=self.generator).numpy()
+        if self.align_to_doc:
+            docs = self._starts(split)
+            starts = docs[torch.randint(len(docs), (B,), generator=self.generator).numpy()]
+        else:
+            starts = torch.randint(len(data) - self.block_size, (B,), generator=self.generator).numpy()
         windows = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))  # (B, T+1)
         return windows[:, :-1], windows[:, 1:]
 

@@ -157,7 +157,7 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 only: bf16 has fp32's range
     # Every rank draws the same global batch and trains on its own rows of it: N ranks x batch B
     # see exactly what one process with batch N*B sees.
-    batches = Batches(dataset, mcfg.block_size, t.batch_size * world.world_size, t.seed)
+    batches = Batches(dataset, mcfg.block_size, t.batch_size * world.world_size, t.seed, align_to_doc=t.align_to_doc)
     rows = slice(world.rank * t.batch_size, (world.rank + 1) * t.batch_size)
 
     start_iter, best_val, eval_done = 0, math.inf, False
