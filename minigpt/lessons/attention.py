@@ -1,0 +1,240 @@
+"""Attention in four steps, as the lectures build it; teaching code, never imported by the model.
+
+    (a) simplified self-attention: no weights, scores = x x^T, softmax, context vectors (loop and matrices)
+    (b) self-attention with trainable W_q, W_k, W_v and 1/sqrt(d_k) scaling
+    (c) causal attention: the future masked out before the softmax, dropout on the weights
+    (d) multi-head attention: first a wrapper around single heads, then one fused projection split
+        into heads, with an output projection -- the layout of `minigpt.model.CausalSelfAttention`
+
+Each step marks what is NEW against the one before. tests/test_lessons.py ties the steps together
+(loop == matrix form, wrapper == fused) and the last one to the model's SDPA attention, forward and
+backward. `python -m minigpt.lessons.attention` walks through them on the lectures' six-word example.
+
+Shapes: T tokens, d_in input width, d_out output width, B batch, nh heads, hs = d_out // nh head size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+# "Your journey starts with one step": one 3-d embedding per word, the lectures' running example.
+WORDS = ["Your", "journey", "starts", "with", "one", "step"]
+INPUTS = torch.tensor([
+    [0.43, 0.15, 0.89],  # Your
+    [0.55, 0.87, 0.66],  # journey
+    [0.57, 0.85, 0.64],  # starts
+    [0.22, 0.58, 0.33],  # with
+    [0.77, 0.25, 0.10],  # one
+    [0.05, 0.80, 0.55],  # step
+])
+
+
+# ---------------------------------------------------------------------------------------------------
+# (a) Simplified self-attention: no trainable weights.
+#     Each token's context vector is a weighted average of all token vectors, the weights being how
+#     similar (dot product) the token is to each of them, normalised by a softmax.
+
+def simplified_attention_loop(x: torch.Tensor) -> torch.Tensor:
+    """(T, d) -> (T, d), one query at a time, the way one computes it by hand."""
+    T = x.shape[0]
+    context = torch.zeros_like(x)
+    for i in range(T):
+        scores = torch.empty(T)
+        for j in range(T):
+            scores[j] = torch.dot(x[i], x[j])  # attention score of query i for token j
+        weights = torch.softmax(scores, dim=0)  # positive, sums to 1
+        for j in range(T):
+            context[i] += weights[j] * x[j]
+    return context
+
+
+def simplified_attention(x: torch.Tensor) -> torch.Tensor:
+    """The same in three matrix operations."""
+    scores = x @ x.T  # (T, T): every query against every token at once
+    weights = torch.softmax(scores, dim=-1)  # each row sums to 1
+    return weights @ x  # (T, d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (b) Self-attention with trainable weights.
+#     NEW: the token vectors are first projected into queries, keys and values by learned matrices, so
+#     the model learns what to look for (query), what to be found by (key) and what to hand over (value).
+#     NEW: scores are divided by sqrt(d_k), keeping the softmax out of its flat, tiny-gradient regime.
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False):
+        super().__init__()
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)  # (..., T, d_out)
+        scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
+        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)
+        return weights @ values  # (..., T, d_out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (c) Causal attention.
+#     NEW: a language model predicts the next token, so position t must not see tokens after t: the
+#     scores above the diagonal are set to -inf before the softmax, which gives them weight exactly 0
+#     and renormalises each row over the visible tokens.
+#     NEW: dropout on the attention weights while training (some links randomly dropped).
+#     NEW: batches of sequences, (B, T, d_in).
+
+class CausalAttention(nn.Module):
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float = 0.0, qkv_bias: bool = False):
+        super().__init__()
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.dropout = nn.Dropout(dropout)
+        # True above the diagonal: the future. A buffer moves with the module (.to(device)) but is not trained.
+        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)  # (B, T, d_out)
+        scores = queries @ keys.transpose(1, 2)  # (B, T, T)
+        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))  # future -> -inf -> weight 0
+        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)
+        weights = self.dropout(weights)
+        return weights @ values  # (B, T, d_out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (d1) Multi-head attention as a wrapper.
+#     NEW: several causal heads side by side, each with its own smaller W_q, W_k, W_v, attending in its
+#     own way; their outputs are concatenated. Clear, but num_heads separate small matmuls.
+
+class MultiHeadAttentionWrapper(nn.Module):
+    def __init__(self, d_in: int, d_out: int, context_length: int, num_heads: int, dropout: float = 0.0,
+                 qkv_bias: bool = False):
+        super().__init__()
+        assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
+        self.heads = nn.ModuleList(
+            [CausalAttention(d_in, d_out // num_heads, context_length, dropout, qkv_bias) for _ in range(num_heads)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(x) for head in self.heads], dim=-1)  # (B, T, d_out)
+
+
+# (d2) Multi-head attention, fused.
+#     NEW: one projection computes the queries, keys and values of every head at once (d_in -> 3 d_out),
+#     and a view + transpose splits them into heads, so all heads run as one batched matmul.
+#     NEW: an output projection W_o mixes what the heads found.
+#     This is minigpt.model.CausalSelfAttention, which hands the masked softmax to SDPA instead.
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_in: int, d_out: int, context_length: int, num_heads: int, dropout: float = 0.0,
+                 qkv_bias: bool = False):
+        super().__init__()
+        assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
+        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
+        self.W_qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)  # W_q, W_k, W_v stacked: the model's c_attn
+        self.out_proj = nn.Linear(d_out, d_out, bias=qkv_bias)  # W_o: the model's c_proj
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        nh, hs = self.num_heads, self.head_dim
+        q, k, v = self.W_qkv(x).split(self.d_out, dim=-1)  # 3 x (B, T, d_out)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs): heads become a batch dimension
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        scores = q @ k.transpose(2, 3)  # (B, nh, T, T): every head at once
+        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
+        weights = self.dropout(torch.softmax(scores / hs**0.5, dim=-1))
+        y = (weights @ v).transpose(1, 2).contiguous().view(B, T, self.d_out)  # heads side by side: (B, T, d_out)
+        return self.out_proj(y)
+
+
+def fuse_wrapper_weights(wrapper: MultiHeadAttentionWrapper, fused: MultiHeadAttention) -> None:
+    """Copy a wrapper's per-head W_q, W_k, W_v into the fused projection (head h's rows go to block h of
+    each third) and make the output projection the identity: then both compute the same thing."""
+    with torch.no_grad():
+        for i, name in enumerate(("W_query", "W_key", "W_value")):
+            rows = slice(i * fused.d_out, (i + 1) * fused.d_out)
+            fused.W_qkv.weight[rows] = torch.cat([getattr(h, name).weight for h in wrapper.heads])
+            if fused.W_qkv.bias is not None:
+                fused.W_qkv.bias[rows] = torch.cat([getattr(h, name).bias for h in wrapper.heads])
+        fused.out_proj.weight.copy_(torch.eye(fused.d_out))
+        if fused.out_proj.bias is not None:
+            fused.out_proj.bias.zero_()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The walk-through: `python -m minigpt.lessons.attention`
+
+def _show(title: str, t: torch.Tensor, rows: list[str] | None = None) -> None:
+    print(f"\n{title}  {tuple(t.shape)}")
+    t = t.detach()
+    t = t.unsqueeze(0) if t.dim() == 1 else t
+    for i, row in enumerate(t.reshape(-1, t.shape[-1])):
+        label = rows[i] if rows and i < len(rows) else ""
+        print(f"  {label:>8} " + " ".join(f"{v:7.4f}" for v in row.tolist()))
+
+
+def main() -> None:
+    torch.set_printoptions(precision=4, sci_mode=False)
+    x = INPUTS
+    print('Attention, step by step, on "Your journey starts with one step" (3-d embeddings):')
+    _show("inputs x, one row per word", x, WORDS)
+
+    print("\n=== (a) simplified self-attention: no weights ===")
+    scores = x @ x.T
+    _show("scores = x x^T (dot products; row i: how much word i matches each word)", scores, WORDS)
+    weights = torch.softmax(scores, dim=-1)
+    _show("weights = softmax(scores) per row (each row sums to 1)", weights, WORDS)
+    context = weights @ x
+    _show("context vectors = weights x (row i: word i's weighted average of all words)", context, WORDS)
+    print(f"\nloop form equals matrix form: {torch.allclose(simplified_attention_loop(x), context, atol=1e-6)}")
+
+    print("\n=== (b) self-attention with trainable W_q, W_k, W_v (d_in 3 -> d_out 2) ===")
+    torch.manual_seed(123)
+    sa = SelfAttention(3, 2)
+    q, k, v = sa.W_query(x), sa.W_key(x), sa.W_value(x)
+    _show("NEW queries = x W_q", q, WORDS)
+    _show("NEW keys = x W_k", k, WORDS)
+    _show("NEW values = x W_v", v, WORDS)
+    scores = q @ k.T
+    _show("scores = queries keys^T", scores, WORDS)
+    weights = torch.softmax(scores / k.shape[-1] ** 0.5, dim=-1)
+    _show("NEW weights = softmax(scores / sqrt(d_k)), d_k = 2", weights, WORDS)
+    _show("context = weights values", sa(x), WORDS)
+
+    print("\n=== (c) causal attention: the future masked before the softmax ===")
+    T = x.shape[0]
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    masked = scores.masked_fill(future, float("-inf"))
+    _show("NEW masked scores (above the diagonal: -inf)", masked, WORDS)
+    weights = torch.softmax(masked / k.shape[-1] ** 0.5, dim=-1)
+    _show("weights: zero on the future, rows still sum to 1", weights, WORDS)
+    torch.manual_seed(123)
+    _show("NEW dropout(p=0.5) on the weights while training: survivors scaled by 2", nn.Dropout(0.5)(weights), WORDS)
+    ca = CausalAttention(3, 2, context_length=T).eval()
+    ca.load_state_dict(sa.state_dict(), strict=False)  # same W_q, W_k, W_v as (b)
+    _show("context = weights values (batch of one)", ca(x.unsqueeze(0))[0], WORDS)
+
+    print("\n=== (d) multi-head attention: 2 heads, d_out 4 ===")
+    torch.manual_seed(123)
+    batch = torch.stack([x, x])  # (B=2, T=6, d_in=3)
+    wrapper = MultiHeadAttentionWrapper(3, 4, context_length=T, num_heads=2).eval()
+    out = wrapper(batch)
+    _show("NEW wrapper: head 0 and head 1 outputs concatenated (first sequence)", out[0], WORDS)
+    fused = MultiHeadAttention(3, 4, context_length=T, num_heads=2).eval()
+    fuse_wrapper_weights(wrapper, fused)
+    print("\nNEW fused: one W_qkv (3 -> 12) split into 2 heads of 2, output projection (here the identity)")
+    _show("W_qkv weight, rows: q of heads 0,1 | k of heads 0,1 | v of heads 0,1", fused.W_qkv.weight)
+    _show("fused output (first sequence)", fused(batch)[0], WORDS)
+    print(f"\nwrapper equals fused: {torch.allclose(out, fused(batch), atol=1e-6)}")
+    print("minigpt.model.CausalSelfAttention is the fused form with SDPA doing the masked softmax; "
+          "tests/test_lessons.py checks they agree, gradients included.")
+
+
+if __name__ == "__main__":
+    main()
