@@ -276,7 +276,8 @@ def _model_config(cfg, argv: list[str]) -> tuple[GPTConfig, str]:
         try:  # train.py takes the vocabulary from the dataset; so do we when it is prepared
             m = GPTConfig(**{**m.__dict__, "vocab_size": TokenDataset(resolve_dataset(cfg.train.dataset)).vocab_size})
         except UserError:
-            pass
+            return m, f"config; dataset '{cfg.train.dataset}' is not prepared, so vocab_size is {m.vocab_size}"
+        return m, f"config, vocab_size from dataset '{cfg.train.dataset}'"
     return m, "config"
 
 
