@@ -6,6 +6,8 @@ Shape letters used in the comments:
 
 The model is pure: no printing, files, devices or optimizers. Parameter counting lives in
 `minigpt.params`, optimizer groups in `minigpt.optim`, checkpoints in `minigpt.checkpoint`.
+For generation, `forward(idx, cache)` also takes a `KVCache`: the keys and values of the tokens seen
+so far, so each new token costs one position's worth of compute instead of the whole context's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class GPTConfig:
     n_embd: int = field(default=192, metadata={"help": "embedding width C"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights, residual branches and embeddings"})
     bias: bool = field(default=False, metadata={"help": "biases in Linear layers and LayerNorms (GPT-2 has them)"})
+    activation: str = field(default="gelu", metadata={"help": "MLP nonlinearity: 'gelu' (exact) or 'gelu_tanh' "
+                                                                "(the tanh approximation OpenAI's GPT-2 uses)"})
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -39,6 +43,25 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got '{self.activation}'")
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated for every layer: (B, nh, max_len, hs) each.
+
+    `pos` counts the positions filled; a forward pass with a cache writes its T new positions in place
+    at pos..pos+T-1, attends over positions 0..pos+T-1, then advances pos by T.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None):
+        if max_len > config.block_size:
+            raise ValueError(f"max_len ({max_len}) is longer than the model's context ({config.block_size})")
+        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.pos = 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -53,16 +76,27 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_o
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None, pos: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         hs = C // self.n_head
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        mask, causal = None, True
+        if kv is not None:  # generation: store the new keys/values, attend over everything cached so far
+            k_cache, v_cache = kv  # (B, nh, max_len, hs) each
+            k_cache[:, :, pos : pos + T] = k
+            v_cache[:, :, pos : pos + T] = v
+            k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]  # (B, nh, pos+T, hs)
+            if T == 1:
+                causal = False  # one new token may see every cached position: no mask at all
+            elif pos > 0:  # a chunk after cached tokens: query i sees cached positions and chunk tokens <= i
+                causal = False
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
         # softmax(q k^T / sqrt(hs) + causal mask) v; flash / memory-efficient kernels where available
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -74,7 +108,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -92,14 +126,18 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None, pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv, pos)
         x = x + self.mlp(self.ln_2(x))
         return x
 
 
 class GPT(nn.Module):
-    """Decoder-only transformer language model; `forward(idx)` returns next-token logits at every position."""
+    """Decoder-only transformer language model; `forward(idx)` returns next-token logits at every position.
+
+    With a `KVCache`, `idx` holds only the tokens not yet seen (the prompt, then one token per step); they
+    take the positions after those already cached.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -118,17 +156,23 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight
         init_weights(self)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T = idx.shape
-        if T > self.config.block_size:
+        start = cache.pos if cache is not None else 0  # position of idx's first token
+        if cache is None and T > self.config.block_size:
             raise ValueError(
                 f"input has {T} tokens but the model's context (block_size) is {self.config.block_size}; "
                 f"crop the input to its last {self.config.block_size} tokens"
             )
-        pos = torch.arange(T, device=idx.device)  # (T,)
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"the KV cache holds {cache.max_len} positions, input would fill {start + T}; "
+                             f"reset it (cache.pos = 0) and feed the last {cache.max_len} tokens")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if cache is None else (cache.k[i], cache.v[i]), start)
+        if cache is not None:
+            cache.pos += T
         x = self.transformer.ln_f(x)
         return self.lm_head(x)  # (B, T, V)
 

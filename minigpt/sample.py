@@ -1,7 +1,8 @@
-"""Sample text from a trained checkpoint, the logic behind sample.py."""
+"""Sample text from a trained checkpoint or GPT-2's weights, the logic behind sample.py."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from . import checkpoint, runtime
 from .config import SampleConfig
 from .errors import UserError
-from .generate import generate
+from .generate import stream
 
 
 def read_prompt(start: str) -> str:
@@ -21,33 +22,126 @@ def read_prompt(start: str) -> str:
     return start
 
 
-def sample(cfg: SampleConfig) -> list[str]:
-    """Draw `num_samples` continuations of the prompt; prints them and returns them."""
-    if cfg.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 is greedy), got {cfg.temperature}")
+def check_settings(cfg: SampleConfig) -> None:
+    if cfg.temperature < 0 or not math.isfinite(cfg.temperature):
+        raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {cfg.temperature}")
+    if not 0.0 < cfg.top_p <= 1.0:
+        raise UserError(f"--top_p must be in (0, 1] (1 disables nucleus sampling), got {cfg.top_p}")
+    if cfg.top_k < 0:
+        raise UserError(f"--top_k must be >= 0 (0 disables it), got {cfg.top_k}")
+    if not cfg.repetition_penalty > 0 or not math.isfinite(cfg.repetition_penalty):
+        raise UserError(f"--repetition_penalty must be a positive number (1 disables it), got {cfg.repetition_penalty}")
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise UserError("--max_new_tokens must be >= 0 and --num_samples >= 1")
+
+
+def load(cfg: SampleConfig, device: torch.device):
+    """(model in eval mode, tokenizer): out_dir's checkpoint for init_from=resume, else GPT-2 weights."""
+    if cfg.init_from == "resume":
+        model, tok, _ = checkpoint.load_model(cfg.out_dir, device)
+        return model, tok
+    from . import hf  # only GPT-2 imports need it
+
+    return hf.load(cfg.init_from, device)
+
+
+class TextStream:
+    """The text of one growing sample, released only once it is final.
+
+    Held back: a character whose bytes are split over BPE tokens (the decoder shows it as U+FFFD until
+    it is complete) and a tail that could still become a stop string. A stop string ends the sample
+    before it.
+    """
+
+    def __init__(self, tok, stops: list[str]):
+        self.tok, self.stops = tok, [s for s in stops if s]
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far (cut at a stop string once one appears)
+        self.sent = 0  # characters of text already released
+        self.done = False
+
+    def add(self, token: int) -> str:
+        """Append a token; returns the text that became final."""
+        self.ids.append(token)
+        self.text = self.tok.decode(self.ids)
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return self.finish()
+        end = len(self.text.rstrip("\ufffd"))  # an incomplete multi-byte character decodes as U+FFFD
+        end -= self._stop_prefix(end)
+        piece, self.sent = self.text[self.sent : end], max(self.sent, end)
+        return piece
+
+    def _stop_prefix(self, end: int) -> int:
+        """Length of the longest tail of text[:end] that is the beginning of a stop string."""
+        held = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, end), held, -1):
+                if self.text.startswith(s[:n], end - n):
+                    held = n
+                    break
+        return held
+
+    def finish(self) -> str:
+        """End the sample; returns whatever was still held back."""
+        self.done = True
+        piece, self.sent = self.text[self.sent :], len(self.text)
+        return piece
+
+
+def unescape(stop: str) -> str:
+    """`--stop='\\n\\n'` means two newlines: the shell passes backslashes through."""
+    return stop.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def sample(cfg: SampleConfig) -> list[str]:
+    """Draw `num_samples` continuations of the prompt as one batch; prints them and returns them."""
+    check_settings(cfg)
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(cfg.dtype, device)
-    model, tok, _ = checkpoint.load_model(cfg.out_dir, device)
+    model, tok = load(cfg, device)
     model.to(dtype)  # weights kept in the generation precision
     prompt = read_prompt(cfg.start)
     ids = tok.encode(prompt)
     if not ids:
-        ids = [tok.eot_id] if tok.eot_id is not None else tok.encode("\n")
+        if tok.eot_id is not None:
+            print("note: empty prompt; starting from the end-of-text token")
+            ids = [tok.eot_id]
+        else:
+            print("note: empty prompt, and a character-level model has no end-of-text token; starting from a newline")
+            ids, prompt = tok.encode("\n"), "\n"
     block = model.config.block_size
     if len(ids) > block:
         print(f"note: the prompt has {len(ids)} tokens, more than the model's context of {block}; "
               f"using its last {block}")
         ids = ids[-block:]
+        prompt = tok.decode(ids)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
-    out = generate(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, gen)
-    texts = []
-    for row in out.tolist():
-        text = tok.decode(row)
-        texts.append(text)
-        print(text)
+    step = torch.compile(model, dynamic=True) if cfg.compile else None
+    texts = [TextStream(tok, [unescape(s) for s in cfg.stop]) for _ in range(cfg.num_samples)]
+    if cfg.stream:
+        print(prompt, end="", flush=True)
+    tokens = stream(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
+                    gen, use_cache=cfg.kv_cache, step=step)
+    for next_ids in tokens:
+        for i, (text, token) in enumerate(zip(texts, next_ids[:, 0].tolist())):
+            if text.done:
+                continue
+            piece = text.finish() if token == tok.eot_id else text.add(token)  # end-of-text always stops
+            if cfg.stream and i == 0:
+                print(piece, end="", flush=True)
+        if all(text.done for text in texts):
+            break
+    results = []
+    for i, text in enumerate(texts):
+        rest = text.finish()
+        if cfg.stream and i == 0:
+            print(rest)
+        else:
+            print(prompt + text.text)
         print("---------------")
-    return texts
+        results.append(prompt + text.text)
+    return results

@@ -1,0 +1,61 @@
+"""Export a checkpoint for other tools: `python -m minigpt.export --out_dir=out --to=hf DIR`.
+
+`--to=hf` writes a Hugging Face GPT-2 folder (config.json + model.safetensors) that
+`transformers.GPT2LMHeadModel.from_pretrained(DIR)` loads and that gives the same logits as minigpt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checkpoint, hf
+from .config import opt, parse_cli
+from .errors import UserError, run_cli
+from .fileio import atomic_write_bytes, atomic_write_json
+
+FORMATS = ("hf",)
+
+
+@dataclass
+class ExportConfig:
+    out_dir: str = opt("out", "folder (or .pt file) holding the checkpoint to export")
+    to: str = opt("hf", "format to write: 'hf' (a Hugging Face GPT-2 folder for transformers)")
+
+
+def export_hf(out_dir: str | Path, dest: str | Path) -> Path:
+    """Write the checkpoint in `out_dir` as a Hugging Face GPT-2 folder `dest`; returns `dest`."""
+    try:
+        from safetensors.torch import save
+    except ImportError:
+        raise UserError("exporting to Hugging Face needs the optional packages: pip install -e '.[hf]'") from None
+    model, tok, _ = checkpoint.load_model(out_dir)
+    config = hf.hf_config(model.config)  # refuses models GPT-2's architecture cannot express
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} exists and is not a folder; choose a folder to export into")
+    atomic_write_bytes(dest / "model.safetensors", save(hf.to_hf_state_dict(model), metadata={"format": "pt"}))
+    atomic_write_json(dest / "config.json", config)
+    if tok.spec() != {"kind": "tiktoken", "name": "gpt2"}:
+        print(f"note: this model's tokenizer is {json.dumps(tok.spec())[:60]}, not GPT-2's; encode text with "
+              f"minigpt's tokenizer before passing ids to transformers")
+    return dest
+
+
+def main(argv: list[str]) -> int:
+    folders = [a for a in argv if not a.startswith("-")]
+    flags = [a for a in argv if a.startswith("-")]
+    cfg = parse_cli(flags, {"export": ExportConfig}, "python -m minigpt.export", __doc__.splitlines()[0]).export
+    if len(folders) != 1:
+        raise UserError("give one folder to write, as: python -m minigpt.export --out_dir=out --to=hf DIR")
+    if cfg.to not in FORMATS:
+        raise UserError(f"unknown export format --to={cfg.to}; use one of {', '.join(FORMATS)}")
+    dest = export_hf(cfg.out_dir, folders[0])
+    print(f"wrote {dest} (config.json, model.safetensors); load it with "
+          f"transformers.GPT2LMHeadModel.from_pretrained('{dest}')")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
