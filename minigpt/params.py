@@ -1,5 +1,7 @@
 """Parameter counts per block, per head and per matrix: the table train.py logs, and `python -m minigpt.params`.
 
+The command adds per-head figures, tied vs untied totals, memory for training and FLOPs per token.
+
 Counts come from the module itself (its named parameters, a tied tensor counted once), so they can
 never drift from the model. For big presets the model is built on the `meta` device: no memory.
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import flops
 from .config import PRESETS, TrainConfig, opt, parse_cli
 from .errors import UserError, run_cli
 from .model import GPT, GPTConfig
@@ -225,15 +228,32 @@ def format_matrices(c: ParamCounts, config: GPTConfig) -> str:
     return "\n".join(out)
 
 
+def flops_per_token(c: ParamCounts, config: GPTConfig) -> dict[str, int]:
+    """Training and inference FLOPs per token at the full context (see minigpt.flops for the formulas)."""
+    n = flops.matmul_params(c.total, config, c.tied)
+    return {"matmul_params": n, "training": flops.train_flops_per_token(n, config),
+            "inference": flops.inference_flops_per_token(n, config)}
+
+
+def format_flops(c: ParamCounts, config: GPTConfig) -> str:
+    f = flops_per_token(c, config)
+    return "\n".join([
+        f"FLOPs per token at T = {config.block_size} (N = {f['matmul_params']:,} parameters in matmuls; minigpt.flops):",
+        f"  training   6N + 12 L C T = {f['training']:,}",
+        f"  inference  2N +  4 L C T = {f['inference']:,}",
+    ])
+
+
 def report(c: ParamCounts, config: GPTConfig) -> str:
-    """Everything `python -m minigpt.params` prints: the train.py table, per head, tying and memory."""
-    return "\n\n".join([format_table(c), format_per_head(c, config), format_tying(c), format_memory(c)])
+    """Everything `python -m minigpt.params` prints: the train.py table, per head, tying, memory, FLOPs."""
+    return "\n\n".join([format_table(c), format_per_head(c, config), format_tying(c), format_memory(c),
+                         format_flops(c, config)])
 
 
 def to_json(c: ParamCounts, config: GPTConfig) -> dict:
     d = asdict(c)
     d.update(untied_total=c.untied_total, matrices_total=sum(c.matrices.values()), memory=memory(c.total),
-             model_config=asdict(config))
+             flops_per_token=flops_per_token(c, config), model_config=asdict(config))
     return d
 
 

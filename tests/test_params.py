@@ -75,7 +75,8 @@ def test_identical_blocks_share_one_row():
 def test_cli_prints_the_gpt2_report(capsys):
     assert main(["gpt2"]) == 0
     out = capsys.readouterr().out
-    for s in ("124,439,808", "7,087,872", "per head", "196,800", "tied: yes", "163,037,184", "AdamW", "1.9 GiB"):
+    for s in ("124,439,808", "7,087,872", "per head", "196,800", "tied: yes", "163,037,184", "AdamW", "1.9 GiB",
+              "855,166,464"):
         assert s in out
 
 
@@ -85,6 +86,7 @@ def test_cli_gpt3_matrices_only_and_json(capsys):
     main(["gpt2-xl", "--format=json"])
     d = json.loads(capsys.readouterr().out)
     assert d["total"] == 1_557_611_200 and d["tied"] and d["memory"]["fp32"]["weights"] == 4 * 1_557_611_200
+    assert d["flops_per_token"]["matmul_params"] == 1_557_611_200 - 1024 * 1600
 
 
 def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset):
