@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import flops
+from . import checkpoint, flops
 from .config import PRESETS, TrainConfig, opt, parse_cli
+from .data import TokenDataset, resolve_dataset
 from .errors import UserError, run_cli
 from .model import GPT, GPTConfig
 
@@ -279,8 +280,6 @@ def _model_config(cfg, argv: list[str]) -> tuple[GPTConfig, str]:
     """(model config, where it came from): a checkpoint when --out_dir is on the command line, else the
     merged preset/file/overrides, with the vocabulary of the configured dataset when it is prepared."""
     if any(a.startswith("--out_dir") for a in argv):
-        from . import checkpoint
-
         shape_keys = cfg.explicit & ({"preset"} | set(GPTConfig.__dataclass_fields__))
         if shape_keys:
             raise UserError(f"--out_dir counts the checkpoint's own model; drop {', '.join(sorted(shape_keys))}")
@@ -291,8 +290,6 @@ def _model_config(cfg, argv: list[str]) -> tuple[GPTConfig, str]:
             raise UserError(f"the checkpoint's model config is invalid ({e})") from None
     m = cfg.model
     if "dataset" in cfg.explicit and "vocab_size" not in cfg.explicit:
-        from .data import TokenDataset, resolve_dataset
-
         try:  # train.py takes the vocabulary from the dataset; so do we when it is prepared
             m = GPTConfig(**{**m.__dict__, "vocab_size": TokenDataset(resolve_dataset(cfg.train.dataset)).vocab_size})
         except UserError:
