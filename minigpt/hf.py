@@ -38,13 +38,22 @@ def load(source: str, device: str | torch.device = "cpu") -> tuple[GPT, Tiktoken
 
 def read(source: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     """(our model config, our state dict) for GPT-2 weights named by `source`."""
+    folder = locate(source)
+    config = read_config(folder)
+    return config, from_hf_state_dict(_read_weights(folder), config, folder)
+
+
+def locate(source: str) -> Path:
+    """The folder holding `source`: a hub download for OpenAI's names, else a local folder."""
     if source in GPT2_NAMES:
-        folder = _download(source)
-    elif Path(source).is_dir():
-        folder = Path(source)
-    else:
-        raise UserError(f"unknown init_from '{source}'; use {', '.join(GPT2_NAMES)} or a folder holding a "
-                        f"Hugging Face GPT-2 (config.json + model.safetensors)")
+        return _download(source)
+    if Path(source).is_dir():
+        return Path(source)
+    raise UserError(f"unknown init_from '{source}'; use {', '.join(GPT2_NAMES)} or a folder holding a "
+                    f"Hugging Face GPT-2 (config.json + model.safetensors)")
+
+
+def read_config(folder: Path) -> GPTConfig:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json, so it is not a Hugging Face model folder; pass a folder "
@@ -53,9 +62,16 @@ def read(source: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         hf_config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file} is not valid JSON ({e})") from None
-    config = config_from_hf(hf_config, folder)
-    state = from_hf_state_dict(_read_weights(folder), config, folder)
-    return config, state
+    return config_from_hf(hf_config, folder)
+
+
+def fit(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """`state` for a shorter context `config.block_size`: keep the first position embeddings (fine-tuning)."""
+    wpe = state["transformer.wpe.weight"]
+    if config.block_size > wpe.size(0):
+        raise UserError(f"block_size={config.block_size} is longer than the pretrained context ({wpe.size(0)}); "
+                        f"use block_size <= {wpe.size(0)}")
+    return {**state, "transformer.wpe.weight": wpe[: config.block_size].clone()}
 
 
 def _download(name: str) -> Path:

@@ -99,7 +99,27 @@ def _initial_state(cfg: Config, dataset: TokenDataset, out_dir: Path):
                         f"--overwrite, or choose another --out_dir")
     if t.init_from == "scratch":
         return model_config_for(cfg, dataset.vocab_size), None
-    raise UserError(f"unknown init_from '{t.init_from}'; use scratch or resume")
+    return _pretrained_config(cfg, dataset), None  # GPT-2 weights to fine-tune (loaded once the model exists)
+
+
+def _pretrained_config(cfg: Config, dataset: TokenDataset) -> GPTConfig:
+    """The model config for fine-tuning GPT-2 weights: theirs, with this run's dropout and (shorter) block_size."""
+    from . import hf
+
+    t = cfg.train
+    mcfg = hf.read_config(hf.locate(t.init_from))  # an unknown init_from is refused here
+    spec = dataset.meta["tokenizer"]
+    if spec.get("kind") != "tiktoken" or spec.get("name") != "gpt2":
+        raise UserError(f"--init_from={t.init_from} fine-tunes GPT-2, whose tokenizer is gpt2, but dataset "
+                        f"{dataset.path} was prepared with {spec.get('name', spec.get('kind'))}; prepare it with "
+                        f"`python data/prepare.py SOURCE --tokenizer gpt2`")
+    clash = [k for k in SHAPE_KEYS if k in cfg.explicit and k != "block_size" and getattr(cfg.model, k) != getattr(mcfg, k)]
+    if clash:
+        raise UserError(f"{t.init_from} has {', '.join(f'{k}={getattr(mcfg, k)}' for k in clash)}, which differs "
+                        f"from this run's settings; drop those settings to fine-tune it")
+    block_size = cfg.model.block_size if "block_size" in cfg.explicit else mcfg.block_size
+    dropout = cfg.model.dropout if "dropout" in cfg.explicit else 0.0
+    return GPTConfig(**{**mcfg.__dict__, "block_size": block_size, "dropout": dropout})
 
 
 @contextmanager
@@ -146,7 +166,13 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
     if main:
         _check_out_dir(out_dir)
 
-    model = GPT(mcfg).to(device)
+    model = GPT(mcfg)
+    if state is None and t.init_from not in ("scratch", "resume"):  # fine-tuning: start from GPT-2's weights
+        from . import hf
+
+        model.load_state_dict(hf.fit(hf.read(t.init_from)[1], mcfg))
+        say(f"initialised from GPT-2 weights {t.init_from}")
+    model = model.to(device)
     say(f"model: {mcfg}")
     say(params.describe(model))
     flops_per_token = flops.model_flops_per_token(model)  # 6N + 12 L C T, before any sharding

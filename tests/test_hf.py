@@ -1,0 +1,129 @@
+"""Our GPT-2 against Hugging Face's on the same weights: import, export, fine-tuning start, bad folders."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import needs_gpt2, run
+
+transformers = pytest.importorskip("transformers")
+from minigpt import checkpoint, hf  # noqa: E402
+from minigpt.errors import UserError  # noqa: E402
+from minigpt.export import export_hf  # noqa: E402
+from minigpt.generate import generate  # noqa: E402
+from minigpt.model import GPT, GPTConfig  # noqa: E402
+
+SMALL = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
+
+
+def _sharpen(model):
+    with torch.no_grad():  # larger weights than the 0.02 init: logits far from zero, greedy far from ties
+        for p in model.parameters():
+            p.mul_(4.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A random-weight GPT2LMHeadModel saved locally (OpenAI's architecture, tanh GELU, small dims)."""
+    torch.manual_seed(0)
+    ref = _sharpen(transformers.GPT2LMHeadModel(transformers.GPT2Config(**SMALL))).eval()
+    folder = tmp_path_factory.mktemp("hf") / "gpt2-small-random"
+    ref.save_pretrained(folder)
+    return folder, ref
+
+
+def _hf_greedy(ref, idx, n):
+    out = ref.generate(idx, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
+                       attention_mask=torch.ones_like(idx))
+    return out
+
+
+def test_import_matches_transformers_logits_and_greedy_tokens(hf_folder):
+    folder, ref = hf_folder
+    model, tok = hf.load(str(folder))
+    assert model.config.activation == "gelu_tanh" and model.config.bias and model.config.block_size == 64
+    idx = torch.randint(0, 50257, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=0)
+    prompt = idx[:1, :8]
+    assert torch.equal(generate(model, prompt, 20, temperature=0), _hf_greedy(ref, prompt, 20))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_export_round_trip(tmp_path, bias):
+    torch.manual_seed(1)
+    model = _sharpen(GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=2, n_head=2, n_embd=32, bias=bias))).eval()
+    checkpoint.save(tmp_path / "ckpt.pt", model, {"kind": "tiktoken", "name": "gpt2"})
+    dest = export_hf(tmp_path, tmp_path / "hf")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(dest).eval()
+    idx = torch.randint(0, 50257, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(ref(idx).logits, model(idx), atol=1e-4, rtol=0)
+    prompt = idx[:1, :4]
+    assert torch.equal(_hf_greedy(ref, prompt, 16), generate(model, prompt, 16, temperature=0))
+    again, _ = hf.load(str(dest))  # and back: the same model
+    with torch.no_grad():
+        torch.testing.assert_close(again(idx), model(idx), atol=1e-6, rtol=0)
+
+
+def test_export_cli_and_bad_format(tmp_path):
+    tok = {"kind": "char", "chars": "abc"}
+    checkpoint.save(tmp_path / "ckpt.pt", GPT(GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=8)), tok)
+    p = run("-m", "minigpt.export", f"--out_dir={tmp_path}", "--to=hf", str(tmp_path / "out"))
+    assert "not GPT-2's" in p.stdout and json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 3
+    p = run("-m", "minigpt.export", f"--out_dir={tmp_path}", "--to=onnx", str(tmp_path / "o2"), check=False)
+    assert p.returncode == 2 and "unknown export format" in p.stderr and "Traceback" not in p.stderr
+
+
+@needs_gpt2
+def test_sample_from_a_local_gpt2_folder(hf_folder, capsys):
+    from minigpt.config import SampleConfig
+    from minigpt.sample import sample
+
+    folder, _ = hf_folder
+    texts = sample(SampleConfig(init_from=str(folder), start="", num_samples=2, max_new_tokens=8, device="cpu"))
+    assert len(texts) == 2 and "end-of-text" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"model_type": "bert"}, "not GPT-2"),
+    ({"activation_function": "relu"}, "cannot represent"),
+    ({"vocab_size": 1000}, "fewer than GPT-2's"),
+])
+def test_foreign_configs_are_refused(hf_folder, tmp_path, change, needle):
+    folder, _ = hf_folder
+    config = {**json.loads((folder / "config.json").read_text()), **change}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=needle):
+        hf.read(str(tmp_path))
+
+
+def test_folder_without_weights_is_refused(hf_folder, tmp_path):
+    folder, _ = hf_folder
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    with pytest.raises(UserError, match="no model.safetensors"):
+        hf.read(str(tmp_path))
+
+
+@needs_gpt2
+def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpus_file, char_dataset):
+    from minigpt import corpus, data
+    from minigpt.config import TrainConfig, build_config
+    from minigpt.trainer import train
+
+    folder, ref = hf_folder
+    ds = tmp_path / "ds_gpt2"
+    data.prepare(corpus.text_files(corpus_file), "gpt2", ds, 0.1)
+    args = {"dataset": str(ds), "init_from": str(folder), "max_iters": 0, "eval_iters": 1, "batch_size": 2,
+            "block_size": 16, "device": "cpu", "plot": False, "out_dir": str(tmp_path / "out")}
+    train(build_config({"model": GPTConfig, "train": TrainConfig}, None, args))
+    model, tok, _ = checkpoint.load_model(tmp_path / "out")
+    assert model.config.block_size == 16 and tok.spec()["name"] == "gpt2"
+    idx = torch.randint(0, 50257, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=0)
+    with pytest.raises(UserError, match="tokenizer is gpt2"):
+        train(build_config({"model": GPTConfig, "train": TrainConfig}, None,
+                           {**args, "dataset": str(char_dataset), "out_dir": str(tmp_path / "o2")}))
