@@ -158,7 +158,7 @@ def plot(att: torch.Tensor, labels: list[str], layers: list[int], heads: list[in
             if highlight is not None:  # outline the row of the token whose attention is printed
                 ax.add_patch(Rectangle((-0.5, highlight - 0.5), T, 1, fill=False, edgecolor="red", linewidth=0.8))
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # leave the top 0.5 inch to the title
     path = Path(path)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
