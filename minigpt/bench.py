@@ -152,6 +152,107 @@ def run_speedrun(quick: bool, runs: int = 3) -> list[dict]:
     return rows
 
 
+def make_text_corpus(folder, n_bytes: int, seed: int = 0):
+    """About `n_bytes` of text in ~5 MB files: the bundled plays, each copy with its speeches shuffled."""
+    import random
+    from pathlib import Path
+
+    from .corpus import shakespeare
+
+    speeches = shakespeare().text.split("\n\n")
+    rng, folder, written, i = random.Random(seed), Path(folder), 0, 0
+    folder.mkdir(parents=True, exist_ok=True)
+    while written < n_bytes:
+        rng.shuffle(speeches)
+        data = "\n\n".join(speeches).encode("utf-8")
+        (folder / f"part_{i:05d}.txt").write_bytes(data)
+        written, i = written + len(data), i + 1
+    return folder, written
+
+
+def prepare_bench(source: str, num_proc: int, out: str) -> dict:
+    """Time GPT-2 BPE preparation of `source` into shards (in this process plus its workers)."""
+    from . import corpus, shards
+    from .tokenizer import TiktokenTokenizer
+
+    t0 = time.perf_counter()
+    meta = shards.prepare(corpus.stream(source), TiktokenTokenizer("gpt2"), out, num_proc=num_proc, overwrite=True)
+    dt = time.perf_counter() - t0
+    n_tokens = meta["train_tokens"] + meta["val_tokens"]
+    return {"tokens_per_s": n_tokens / dt, "mb_per_s": (meta["train_bytes"] + meta["val_bytes"]) / 1e6 / dt}
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, from /proc (Linux)."""
+    from pathlib import Path
+
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+def prepare_rss_bench(source: str, num_proc: int, out: str) -> dict:
+    """Run `python data/prepare.py` as a user does; peak RSS of its whole process tree (sampled) and of
+    its largest single process (getrusage of the reaped children)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "data/prepare.py", source, "--tokenizer=gpt2", f"--num_proc={num_proc}", "--out", out,
+           "--overwrite"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree = 0.0
+    while proc.poll() is None:
+        tree = max(tree, _tree_rss_mb(proc.pid))
+        time.sleep(0.1)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode}")
+    return {"wall_s": time.perf_counter() - t0, "tree_peak_mb": tree,
+            "largest_process_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def run_prepare(quick: bool) -> list[dict]:
+    """GPT-2 BPE preparation: --num_proc=2 vs the --num_proc=1 reference on the same text, then the peak
+    memory of preparing ~2 GB of text (~50 MB with --quick)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
+    rows, ref = [], None
+    try:
+        small, n_small = make_text_corpus(tmp / "small", 50_000_000 if quick else 300_000_000)
+        for num_proc in (1, 2):
+            r = isolated(prepare_bench, source=str(small), num_proc=num_proc, out=str(tmp / f"out{num_proc}"))
+            if "error" in r:
+                rows.append({"workload": "prepare", "variant": f"gpt2 num_proc={num_proc}", "notes": r["error"]})
+                continue
+            ref = ref or r["tokens_per_s"]
+            rows.append({"workload": "prepare", "variant": f"gpt2 num_proc={num_proc}", "tokens_per_s": r["tokens_per_s"],
+                         "ratio": r["tokens_per_s"] / ref,
+                         "notes": f"{r['mb_per_s']:.1f} MB/s of text, {n_small / 1e6:,.0f} MB corpus"})
+            shutil.rmtree(tmp / f"out{num_proc}", ignore_errors=True)
+        big, n_big = (small, n_small) if quick else make_text_corpus(tmp / "big", 2_000_000_000, seed=1)
+        r = isolated(prepare_rss_bench, source=str(big), num_proc=2, out=str(tmp / "big_out"))
+        if "error" in r:
+            rows.append({"workload": "prepare", "variant": "memory, num_proc=2", "notes": r["error"]})
+        else:
+            rows.append({"workload": "prepare", "variant": "memory, num_proc=2", "peak_rss_mb": r["tree_peak_mb"],
+                         "notes": f"{n_big / 1e9:.2f} GB of text in {r['wall_s']:.0f}s; whole process tree (sampled), "
+                                  f"largest single process {r['largest_process_mb']:,.0f} MB; target < 1024 MB"})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
 def format_rows(rows: list[dict]) -> str:
     cols = ["workload", "variant", "tokens/s", "ms/step", "vs reference", "MFU (bf16 peak)", "peak RSS MB", "notes"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -169,6 +270,7 @@ WORKLOADS = {
     "train-baby": lambda quick, peak: run_train("train-baby", quick, peak),
     "train-gpt2": lambda quick, peak: run_train("train-gpt2", quick, peak),
     "speedrun-cpu": lambda quick, peak: run_speedrun(quick),
+    "prepare": lambda quick, peak: run_prepare(quick),
 }
 
 

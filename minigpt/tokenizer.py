@@ -202,6 +202,11 @@ def _unicode_to_byte() -> dict[str, int]:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4", name: str = "bpe") -> BPETokenizer:
     """Train a byte-level BPE of `vocab_size` tokens (256 bytes + merges + <|endoftext|>) on `texts`."""
+    return from_hf(train_hf(texts, vocab_size, pattern), PATTERNS[pattern], name)
+
+
+def train_hf(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4"):
+    """The Hugging Face `tokenizers` BPE training, pre-tokenizing exactly as tiktoken will."""
     from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + 1:
@@ -219,10 +224,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4", name
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=[], show_progress=False)
     hf.train_from_iterator(texts, trainer=trainer)
+    return hf
+
+
+def from_hf(hf, pat_str: str, name: str = "bpe") -> BPETokenizer:
+    """Convert a trained HF byte-level BPE to tiktoken's ranks: the 256 bytes, then each merge's result in order."""
     merges = json.loads(hf.to_str())["model"]["merges"]
     to_byte = _unicode_to_byte()
     as_bytes = lambda s: bytes(to_byte[c] for c in s)  # noqa: E731
-    # rank = merge order: bytes first, then each merge's result in the order training made it
     tokens = [bytes([b]) for b in range(256)]
     seen = set(tokens)
     for m in merges:
@@ -231,7 +240,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4", name
         if tok not in seen:
             seen.add(tok)
             tokens.append(tok)
-    return BPETokenizer(tokens, PATTERNS[pattern], name)
+    return BPETokenizer(tokens, pat_str, name)
 
 
 def sample_texts(sources: list[str], max_chars: int, text_field: str = "text") -> Iterator[str]:
