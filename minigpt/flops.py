@@ -134,7 +134,7 @@ def cpu_peak(dtype: torch.dtype, path: Path | None = None) -> tuple[float, bool]
         cache = {}
     if isinstance(cache.get(key), (int, float)):
         return float(cache[key]), True
-    peak = matmul_peak(dtype, reps=5)
+    peak = matmul_peak(dtype)
     cache[key] = peak
     try:
         atomic_write_json(path, cache)

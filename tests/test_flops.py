@@ -44,7 +44,7 @@ def test_gpu_peak_table(name, peak):
 
 def test_cpu_peak_is_probed_once_and_cached(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(flops, "matmul_peak", lambda dtype, reps: calls.append(dtype) or 5e10)
+    monkeypatch.setattr(flops, "matmul_peak", lambda dtype: calls.append(dtype) or 5e10)
     path = tmp_path / "peak.json"
     assert flops.cpu_peak(torch.float32, path) == (5e10, False)
     assert flops.cpu_peak(torch.float32, path) == (5e10, True)
