@@ -1,4 +1,4 @@
-"""Sample from a trained model: `python sample.py [--out_dir=out] [--start=TEXT | --start=FILE:path] ...`."""
+"""Sample from a trained model or GPT-2: `python sample.py [--out_dir=out | --init_from=gpt2] [--start=TEXT] ...`."""
 
 from minigpt.config import SampleConfig, parse_cli
 from minigpt.errors import run_cli

@@ -115,6 +115,64 @@ def run_train(name: str, quick: bool, peak_bf16: float) -> list[dict]:
 
 
 SPEEDRUN_CONFIG = "configs/speedrun_cpu.toml"
+# generate-gpt2: GPT-2 124M (random weights, built here), batch 1, a 16-token prompt, greedy
+GENERATE_VARIANTS = {  # variant -> (engine, dtype); the first is the reference
+    "transformers generate fp32": ("transformers", "float32"),
+    "minigpt fp32 (KV cache)": ("minigpt", "float32"),
+    "minigpt bf16 (KV cache)": ("minigpt", "bfloat16"),
+}
+
+
+def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: int, reps: int) -> dict:
+    """Best-of-`reps` tokens/s of greedy generation with GPT-2 124M's shape; the same weights in every process."""
+    from .generate import generate
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**PRESETS["gpt2"])).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    if engine == "transformers":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from . import hf
+
+        ref = GPT2LMHeadModel(GPT2Config(**hf.hf_config(model.config))).eval()
+        missing, unexpected = ref.load_state_dict(hf.to_hf_state_dict(model), strict=False)
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # the head is tied
+        ref.generation_config.eos_token_id = None  # never stop early: exactly new_tokens tokens
+        mask = torch.ones_like(prompt)
+        run = lambda n: ref.generate(prompt, attention_mask=mask, max_new_tokens=n, do_sample=False,  # noqa: E731
+                                     pad_token_id=0)
+    else:
+        model.to(runtime.DTYPES[dtype_name])
+        run = lambda n: generate(model, prompt, n, temperature=0)  # noqa: E731
+    with torch.inference_mode():
+        run(8)  # warm-up
+        best, out = 0.0, None
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            out = run(new_tokens)
+            best = max(best, new_tokens / (time.perf_counter() - t0))
+    assert out.shape[1] == prompt_len + new_tokens
+    return {"tokens_per_s": best, "ms_per_step": 1000 / best, "tokens": out[0, prompt_len:].tolist()}
+
+
+def run_generate(quick: bool) -> list[dict]:
+    new_tokens, reps = (64, 1) if quick else (256, 3)
+    rows, ref = [], None
+    for variant, (engine, dtype) in GENERATE_VARIANTS.items():
+        r = isolated(generate_bench, engine=engine, dtype_name=dtype, prompt_len=16, new_tokens=new_tokens, reps=reps)
+        if "error" in r:
+            rows.append({"workload": "generate-gpt2", "variant": variant, "notes": r["error"]})
+            continue
+        ref = ref or r
+        same = sum(a == b for a, b in zip(r["tokens"], ref["tokens"]))
+        rows.append({"workload": "generate-gpt2", "variant": variant, "tokens_per_s": r["tokens_per_s"],
+                     "ms_per_step": r["ms_per_step"], "ratio": r["tokens_per_s"] / ref["tokens_per_s"],
+                     "peak_rss_mb": r["peak_rss_mb"],
+                     "notes": f"{new_tokens} new tokens; greedy tokens equal to the reference's: {same}/{new_tokens}"})
+    return rows
+
+
 TINYSHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"
 
 
@@ -270,6 +328,7 @@ WORKLOADS = {
     "train-baby": lambda quick, peak: run_train("train-baby", quick, peak),
     "train-gpt2": lambda quick, peak: run_train("train-gpt2", quick, peak),
     "speedrun-cpu": lambda quick, peak: run_speedrun(quick),
+    "generate-gpt2": lambda quick, peak: run_generate(quick),
     "prepare": lambda quick, peak: run_prepare(quick),
 }
 

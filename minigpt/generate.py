@@ -38,7 +38,7 @@ def stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: floa
     if use_cache:
         max_len = min(block, min(T, block) + max_new_tokens)
         cache = KVCache(model.config, B, max_len, idx.device, model.lm_head.weight.dtype)
-    step = step or model
+    step = step if step is not None else model
     seen = None  # (B, V) which tokens are in each row's text, for the repetition penalty
     if repetition_penalty != 1.0:
         seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=idx.device).scatter_(1, idx, True)
