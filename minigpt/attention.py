@@ -2,6 +2,7 @@
 
     python -m minigpt.attention --out_dir=out --text="The cat sat on the mat" [--layer=L] [--head=H]
                                 [--token=WORD_OR_INDEX] [--top=3] [--out=attention.png]
+    python -m minigpt.attention --init_from=gpt2 --text="..."    # OpenAI's GPT-2 (or a local HF folder)
 
 The model's own forward pass hands the masked softmax to SDPA, which never materialises the weights.
 `forward_with_attention` runs the same modules and weights with the softmax written out,
@@ -28,6 +29,8 @@ from .model import GPT
 @dataclass
 class AttentionConfig:
     out_dir: str = opt("out", "folder holding the checkpoint (or a checkpoint file)")
+    init_from: str = opt("resume", "'resume' reads out_dir's checkpoint; gpt2, gpt2-medium, gpt2-large, gpt2-xl or a "
+                                   "local Hugging Face GPT-2 folder looks at OpenAI's weights")
     text: str = opt("", "the text to run through the model (at most block_size tokens)")
     layer: int | None = opt(None, "draw only this layer (0-based); default all")
     head: int | None = opt(None, "draw only this head (0-based); default all")
@@ -182,7 +185,12 @@ def main(argv: list[str]) -> int:
     if cfg.top < 1:
         raise UserError(f"--top must be at least 1, got {cfg.top}")
     device = runtime.pick_device(cfg.device)
-    model, tok, _ = checkpoint.load_model(cfg.out_dir, device)
+    if cfg.init_from == "resume":
+        model, tok, _ = checkpoint.load_model(cfg.out_dir, device)
+    else:
+        from . import hf  # only GPT-2 imports need it
+
+        model, tok = hf.load(cfg.init_from, device)
     check_attention_weights(model)
     n_layer, n_head, block = model.config.n_layer, model.config.n_head, model.config.block_size
     layers, heads = _select(cfg.layer, n_layer, "layer"), _select(cfg.head, n_head, "head")

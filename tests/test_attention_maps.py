@@ -72,6 +72,18 @@ def test_cli_on_a_bpe_checkpoint(tmp_path, capsys):
     assert "' jumped' #" in capsys.readouterr().out and (tmp_path / "a.png").is_file()
 
 
+@needs_gpt2
+def test_cli_on_imported_gpt2_weights(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    folder = tmp_path / "hf-gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64)).save_pretrained(folder)
+    main([f"--init_from={folder}", "--text=The cat sat on the mat", "--layer=1", f"--out={tmp_path / 'a.png'}"])
+    printed = capsys.readouterr().out
+    diff = float(printed.split("logits match the model's to ")[1].split(")")[0])
+    assert diff < 1e-4 and "' mat' #5 attends most to" in printed
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--layer=2"], r"--layer=2 is out of range: the model has 2 layers \(0 to 1\)"),
     (["--head=-1"], "--head=-1 is out of range"),
