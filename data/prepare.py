@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--val_fraction", type=float, default=0.1,
                    help="share held out for validation (char: of the characters; BPE: of the documents)")
     p.add_argument("--split", default="train", help="split of the Hugging Face dataset to read (hf: sources)")
+    p.add_argument("--revision", default=None, help="branch, tag or commit of the Hugging Face dataset (hf: sources)")
     p.add_argument("--text_field", default="text", help="column holding the text (hf:, .jsonl, .parquet)")
     p.add_argument("--num_proc", type=int, default=1, help="tokenizer processes (BPE)")
     p.add_argument("--shard_size", type=int, default=100_000_000, help="tokens per shard (BPE)")
@@ -71,7 +72,8 @@ def main(argv: list[str]) -> int:
     from minigpt import shards
 
     tok = tokenizers.build(args.tokenizer)
-    stream = corpus.stream(args.source, text_field=args.text_field, split=args.split, input_file=args.input)
+    stream = corpus.stream(args.source, text_field=args.text_field, split=args.split, input_file=args.input,
+                            revision=args.revision)
     print(f"preparing {stream.source} with {args.tokenizer} (vocabulary {tok.vocab_size:,}) into {out}, "
           f"{args.num_proc} process{'es' * (args.num_proc != 1)}")
     meta = shards.prepare(stream, tok, out, shard_size=args.shard_size, val_fraction=args.val_fraction,

@@ -170,13 +170,14 @@ class Stream:
     source: str  # a description for meta.json
 
 
-def stream(source, text_field: str = "text", split: str = "train", input_file: str | None = None) -> Stream:
+def stream(source, text_field: str = "text", split: str = "train", input_file: str | None = None,
+           revision: str | None = None) -> Stream:
     """Resolve a SOURCE of data/prepare.py to a stream of pieces: hf:NAME[:CONFIG], a .txt/.jsonl/.parquet
     file or folder, shakespeare, tinyshakespeare, or a `datasets.Dataset` / `IterableDataset` object."""
     if not isinstance(source, str):  # an in-memory Hugging Face dataset, streamed the same way
         return _hf_stream(source, text_field, f"datasets object ({type(source).__name__})")
     if source.startswith("hf:"):
-        return _hf_stream(_open_hub(source[3:], split), text_field, f"Hugging Face {source[3:]} (split {split})")
+        return _hf_stream(_open_hub(source[3:], split, revision), text_field, f"Hugging Face {source[3:]} (split {split})")
     if source == "shakespeare":
         plays = shakespeare_plays()
         gen = lambda: ((play_to_text(p.read_text(encoding="utf-8")), True) for p in plays)  # noqa: E731
@@ -247,13 +248,13 @@ def _text_file_pieces(files: list[Path]) -> Iterator[Piece]:
             raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
 
 
-def _open_hub(name: str, split: str):
+def _open_hub(name: str, split: str, revision: str | None = None):
     """A Hugging Face hub dataset `NAME[:CONFIG]`, opened in streaming mode (nothing is downloaded up front)."""
     import datasets
 
     repo, _, config = name.partition(":")
     try:
-        return datasets.load_dataset(repo, config or None, split=split, streaming=True)
+        return datasets.load_dataset(repo, config or None, split=split, streaming=True, revision=revision)
     except datasets.exceptions.DatasetNotFoundError:
         raise UserError(f"Hugging Face dataset '{repo}' was not found on the hub (or is private); check the "
                         f"name, e.g. hf:HuggingFaceFW/fineweb-edu:sample-10BT") from None
