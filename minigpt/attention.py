@@ -12,6 +12,7 @@ shows its logits equal the model's. Layers and heads are numbered from 0.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -163,9 +164,13 @@ def plot(att: torch.Tensor, labels: list[str], layers: list[int], heads: list[in
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # leave the top 0.5 inch to the title
     path = Path(path)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+    except OSError as e:
+        raise UserError(f"cannot write the heatmaps to {path} ({e.strerror}); choose another --out") from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -202,7 +207,8 @@ def main(argv: list[str]) -> int:
 
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     logits, att = forward_with_attention(model, idx)
-    diff = (logits - model(idx)).abs().max().item()  # the explicit path against the model's SDPA path
+    with torch.no_grad():
+        diff = (logits - model(idx)).abs().max().item()  # the explicit path against the model's SDPA path
     labels = [label(p) for p in pieces]
     where = f"layer {layers[0]}" if len(layers) == 1 else f"{n_layer} layers"
     where += f", head {heads[0]}" if len(heads) == 1 else f" x {n_head} heads"
@@ -212,7 +218,7 @@ def main(argv: list[str]) -> int:
           f"(explicit-softmax logits match the model's to {diff:.1e})")
 
     text = "".join(pieces)
-    starts = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    starts = [0, *itertools.accumulate(len(p) for p in pieces)]  # where each token's text begins
 
     def describe(i: int) -> str:
         word = word_at(text, starts[i], starts[i] + len(pieces[i]))
@@ -225,7 +231,7 @@ def main(argv: list[str]) -> int:
             print(f"  layer {l} head {h}:  " + "   ".join(f"{describe(j)} {w:.2f}" for j, w in tops[l][h]))
     mean = att[:, 0, :, pos, : pos + 1].mean(dim=(0, 1))  # (pos+1,): over every layer and head
     w, j = mean.topk(min(cfg.top, pos + 1))
-    print(f"  all layers and heads, averaged:  " + "   ".join(f"{describe(a)} {b:.2f}" for a, b in zip(j.tolist(), w.tolist())))
+    print("  all layers and heads, averaged:  " + "   ".join(f"{describe(a)} {b:.2f}" for a, b in zip(j.tolist(), w.tolist())))
     return 0
 
 

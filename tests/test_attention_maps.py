@@ -91,6 +91,7 @@ def test_cli_on_imported_gpt2_weights(tmp_path, capsys):
     (["--text="], "--text is empty"),
     (["--token=dog"], "does not occur in the text"),
     (["--text=Q"], "not in this model's character vocabulary"),
+    (["--out=/proc/nope/x.png"], "cannot write the heatmaps"),
 ])
 def test_cli_bad_input_is_one_clear_error(char_ckpt, tmp_path, args, msg):
     with pytest.raises(UserError, match=msg):
