@@ -292,8 +292,8 @@ def prepare(stream, tok, out_dir: str | Path, shard_size: int = 100_000_000, val
         raise UserError(f"--shard_size and --num_proc must be positive, got {shard_size} and {num_proc}")
     if getattr(tok, "eot_id", None) is None or not hasattr(tok, "enc"):
         raise UserError("sharded preparation needs a BPE tokenizer with an end-of-text token (gpt2, a tiktoken "
-                        "name or your own --tokenizer FILE); the char tokenizer needs the whole text, use it "
-                        "on a text file without sharding options")
+                        "name or your own --tokenizer FILE); the char tokenizer writes single-file datasets "
+                        "(data.prepare)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(tok, stream.source, shard_size, val_fraction)
