@@ -161,8 +161,9 @@ def plot(att: torch.Tensor, labels: list[str], layers: list[int], heads: list[in
             ax.tick_params(length=0)
             if highlight is not None:  # outline the row of the token whose attention is printed
                 ax.add_patch(Rectangle((-0.5, highlight - 0.5), T, 1, fill=False, edgecolor="red", linewidth=0.8))
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # leave the top 0.5 inch to the title
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=11, y=1 - 0.3 / height)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))  # the top 0.6 inch is the title's
     path = Path(path)
     try:
         with atomic_open(path, "wb") as f:
