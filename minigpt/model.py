@@ -64,6 +64,20 @@ class KVCache:
         self.pos = 0
 
 
+class Linear(nn.Linear):
+    """nn.Linear, but a single bf16/fp16 input row without autograd (one-token decoding) takes a
+    matrix-vector product: on CPUs torch.mv streams bf16 weights ~1.5x faster than the matrix-matrix
+    kernel (in fp32 both run at memory bandwidth already)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.numel() != x.size(-1) or x.dtype == torch.float32:
+            return super().forward(x)  # training, fp32, and every multi-row input: the usual path
+        y = torch.mv(self.weight, x.reshape(-1))  # (out,)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], -1)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: one fused q/k/v projection, heads split, SDPA, output projection."""
 
@@ -72,8 +86,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_q, W_k, W_v side by side
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_o
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_q, W_k, W_v side by side
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_o
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None, pos: int = 0) -> torch.Tensor:
@@ -107,9 +121,9 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_tanh" else "none")
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +165,7 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the unembedding is the token embedding (saves V*C parameters, helps small models)
         self.lm_head.weight = self.transformer.wte.weight
         init_weights(self)
