@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +36,10 @@ def export_hf(out_dir: str | Path, dest: str | Path) -> Path:
         raise UserError(f"{dest} exists and is not a folder; choose a folder to export into")
     atomic_write_bytes(dest / "model.safetensors", save(hf.to_hf_state_dict(model), metadata={"format": "pt"}))
     atomic_write_json(dest / "config.json", config)
-    if tok.spec() != {"kind": "tiktoken", "name": "gpt2"}:
-        print(f"note: this model's tokenizer is {json.dumps(tok.spec())[:60]}, not GPT-2's; encode text with "
-              f"minigpt's tokenizer before passing ids to transformers")
+    spec = tok.spec()
+    if spec != {"kind": "tiktoken", "name": "gpt2"}:
+        print(f"note: this model's tokenizer is '{spec.get('name', spec.get('kind'))}', not GPT-2's; encode text "
+              f"with minigpt's tokenizer before passing ids to transformers")
     return dest
 
 

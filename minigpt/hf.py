@@ -49,8 +49,8 @@ def locate(source: str) -> Path:
         return _download(source)
     if Path(source).is_dir():
         return Path(source)
-    raise UserError(f"unknown init_from '{source}'; use {', '.join(GPT2_NAMES)} or a folder holding a "
-                    f"Hugging Face GPT-2 (config.json + model.safetensors)")
+    raise UserError(f"unknown init_from '{source}'; use 'resume' (out_dir's checkpoint), {', '.join(GPT2_NAMES)} "
+                    f"or a folder holding a Hugging Face GPT-2 (config.json + model.safetensors)")
 
 
 def read_config(folder: Path) -> GPTConfig:
