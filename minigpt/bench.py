@@ -114,7 +114,6 @@ def run_train(name: str, quick: bool, peak_bf16: float) -> list[dict]:
     return rows
 
 
-SPEEDRUN_CONFIG = "configs/speedrun_cpu.toml"
 # generate-gpt2: GPT-2 124M (random weights, built here), batch 1, a 16-token prompt, greedy
 GENERATE_VARIANTS = {  # variant -> (engine, dtype); the first is the reference
     "transformers generate fp32": ("transformers", "float32"),
@@ -173,6 +172,7 @@ def run_generate(quick: bool) -> list[dict]:
     return rows
 
 
+SPEEDRUN_CONFIG = "configs/speedrun_cpu.toml"
 TINYSHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"
 
 
@@ -324,8 +324,8 @@ def format_rows(rows: list[dict]) -> str:
 WORKLOADS = {
     "train-baby": lambda quick, peak: run_train("train-baby", quick, peak),
     "train-gpt2": lambda quick, peak: run_train("train-gpt2", quick, peak),
-    "speedrun-cpu": lambda quick, peak: run_speedrun(quick),
     "generate-gpt2": lambda quick, peak: run_generate(quick),
+    "speedrun-cpu": lambda quick, peak: run_speedrun(quick),
     "prepare": lambda quick, peak: run_prepare(quick),
 }
 
