@@ -94,23 +94,23 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     out_dir: str = opt("out", "folder holding the checkpoint to sample from")
-    start: str = opt("\n", "prompt text, or FILE:path to read the prompt from a file")
     init_from: str = opt("resume", "'resume' samples out_dir's checkpoint; gpt2, gpt2-medium, gpt2-large, gpt2-xl "
                                    "or a local Hugging Face GPT-2 folder sample OpenAI's weights")
+    start: str = opt("\n", "prompt text, or FILE:path to read the prompt from a file")
     num_samples: int = opt(3, "number of samples to draw (generated together as one batch)")
     max_new_tokens: int = opt(500, "tokens to generate per sample")
     temperature: float = opt(0.8, "softmax temperature; 0 means greedy")
     top_k: int = opt(200, "sample from the k most likely tokens; 0 disables")
-    seed: int = opt(1337, "random seed (same seed, same text)")
     top_p: float = opt(1.0, "nucleus sampling: the fewest most likely tokens whose probability reaches top_p; 1 disables")
     repetition_penalty: float = opt(1.0, "> 1 makes tokens already in the text less likely (CTRL's rule); 1 disables")
     stop: list[str] = opt([], "stop a sample before this text (repeatable); the end-of-text token always stops")
     stream: bool = opt(True, "print the first sample token by token as it is generated")
     kv_cache: bool = opt(True, "reuse keys and values of earlier tokens; false recomputes the context every step")
+    seed: int = opt(1337, "random seed (same seed, same text)")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     dtype: str = opt("float32", "'float32' or 'bfloat16' weights for generation")
-
     compile: bool = opt(False, "torch.compile the one-token decode step (needs gcc on the CPU)")
+
 
 @dataclass
 class Config:
