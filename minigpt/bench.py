@@ -42,6 +42,7 @@ def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, 
     torch.manual_seed(0)
     cfg = GPTConfig(**{**PRESETS[preset], **overrides, "dropout": 0.0})
     device = torch.device("cpu")
+    runtime.setup_cpu_allocator(device)  # as train.py does
     dtype = runtime.DTYPES[dtype_name]
     model = GPT(cfg)
     opt = make_optimizer(model, 1e-4, 0.1, (0.9, 0.95), device)

@@ -79,7 +79,8 @@ class TrainConfig:
     log_interval: int = opt(50, "print a log line every this many steps")
     always_save_checkpoint: bool = opt(True, "save at every eval, not only when val loss improves")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    dtype: str = opt("auto", "'auto', 'float32', 'bfloat16' or 'float16' (autocast)")
+    dtype: str = opt("auto", "'auto' (bf16 on CUDA, or fp16 without bf16; on a bf16-capable CPU bf16 for "
+                             "n_embd >= 512; else fp32), 'float32', 'bfloat16' or 'float16' (autocast)")
     compile: bool = opt(False, "torch.compile the model (eval and checkpoints use the plain module)")
     fsdp: bool = opt(False, "under torchrun, shard the model with FSDP2 instead of DDP")
     on_nan: str = opt("stop", "on a NaN/inf loss: 'stop' (keep the last good checkpoint) or 'skip' the step")

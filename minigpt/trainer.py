@@ -151,17 +151,18 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
         raise UserError(f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) must be divisible by the "
                         f"number of processes ({world.world_size})")
     micro_steps = t.gradient_accumulation_steps // world.world_size  # per rank
-    dtype = runtime.pick_dtype(t.dtype, device)
     runtime.setup_threads(t.threads)
     runtime.setup_cuda_speed(device)
+    runtime.setup_cpu_allocator(device)
     runtime.seed_everything(t.seed)  # the same initial weights on every rank (FSDP shards them as they are)
-    ctx = runtime.autocast(device, dtype)
     main = world.is_main
     say = tqdm.write if main else (lambda *a, **k: None)  # printing that keeps the progress bar intact
 
     dataset = TokenDataset(resolve_dataset(t.dataset))
     out_dir = Path(t.out_dir)
     mcfg, state = _initial_state(cfg, dataset, out_dir)
+    dtype = runtime.pick_dtype(t.dtype, device, mcfg.n_embd)
+    ctx = runtime.autocast(device, dtype)
     dataset.check_block_size(mcfg.block_size)
     if main:
         _check_out_dir(out_dir)
