@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, runtime
+from . import runtime
 from .config import opt, parse_cli
 from .errors import UserError, run_cli
 from .fileio import atomic_open
 from .model import GPT
+from .sample import load
 
 
 @dataclass
@@ -191,12 +192,7 @@ def main(argv: list[str]) -> int:
     if cfg.top < 1:
         raise UserError(f"--top must be at least 1, got {cfg.top}")
     device = runtime.pick_device(cfg.device)
-    if cfg.init_from == "resume":
-        model, tok, _ = checkpoint.load_model(cfg.out_dir, device)
-    else:
-        from . import hf  # only GPT-2 imports need it
-
-        model, tok = hf.load(cfg.init_from, device)
+    model, tok = load(cfg.init_from, cfg.out_dir, device)
     check_attention_weights(model)
     n_layer, n_head, block = model.config.n_layer, model.config.n_head, model.config.block_size
     layers, heads = _select(cfg.layer, n_layer, "layer"), _select(cfg.head, n_head, "head")

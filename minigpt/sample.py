@@ -35,14 +35,15 @@ def check_settings(cfg: SampleConfig) -> None:
         raise UserError("--max_new_tokens must be >= 0 and --num_samples >= 1")
 
 
-def load(cfg: SampleConfig, device: torch.device):
-    """(model in eval mode, tokenizer): out_dir's checkpoint for init_from=resume, else GPT-2 weights."""
-    if cfg.init_from == "resume":
-        model, tok, _ = checkpoint.load_model(cfg.out_dir, device)
+def load(init_from: str, out_dir: str, device: torch.device):
+    """(model in eval mode, tokenizer): out_dir's checkpoint for init_from=resume, else GPT-2 weights
+    (a hub name or a local Hugging Face folder). sample.py and the attention maps share it."""
+    if init_from == "resume":
+        model, tok, _ = checkpoint.load_model(out_dir, device)
         return model, tok
     from . import hf  # only GPT-2 imports need it
 
-    return hf.load(cfg.init_from, device)
+    return hf.load(init_from, device)
 
 
 class TextStream:
@@ -100,7 +101,7 @@ def sample(cfg: SampleConfig) -> list[str]:
     check_settings(cfg)
     device = runtime.pick_device(cfg.device)
     dtype = runtime.pick_dtype(cfg.dtype, device)
-    model, tok = load(cfg, device)
+    model, tok = load(cfg.init_from, cfg.out_dir, device)
     model.to(dtype)  # weights kept in the generation precision
     prompt = read_prompt(cfg.start)
     ids = tok.encode(prompt)
