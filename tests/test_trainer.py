@@ -75,29 +75,21 @@ def _finish(proc, out, timeout=600) -> int:
     return proc.returncode
 
 
-def _evaluated_past(out, iteration) -> bool:
-    """Whether the run logged a val loss past `iteration` (its checkpoint is written just before)."""
+def _checkpointed_past(out, iteration) -> bool:
+    """Whether out/ckpt.pt holds an iteration past `iteration` (it is replaced atomically, never torn)."""
     try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] > iteration
     except FileNotFoundError:
         return False
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-        if "val_loss" in r and r.get("iter", 0) > iteration:
-            return True
-    return False
 
 
 def _wait_for_checkpoint_after(proc, out, iteration, timeout=300):
     """Wait until the running training has checkpointed past `iteration`."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if (out / "ckpt.pt").is_file() and _evaluated_past(out, iteration):
+        if _checkpointed_past(out, iteration):
             return
-        time.sleep(0.02)
+        time.sleep(0.05)
     raise AssertionError(f"training ended or stalled before checkpointing past {iteration}: {_log(out)[-2000:]}")
 
 
