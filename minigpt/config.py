@@ -81,7 +81,8 @@ class TrainConfig:
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     dtype: str = opt("auto", "'auto' (bf16 on CUDA, or fp16 without bf16; on a bf16-capable CPU bf16 for "
                              "n_embd >= 512; else fp32), 'float32', 'bfloat16' or 'float16' (autocast)")
-    compile: bool = opt(False, "torch.compile the model (eval and checkpoints use the plain module)")
+    compile: bool | None = opt(None, "torch.compile the model: true, false, or auto (unset): on for CUDA, off on the "
+                                     "CPU, where compile time outweighs the gain; eval and checkpoints use the plain module")
     fsdp: bool = opt(False, "under torchrun, shard the model with FSDP2 instead of DDP")
     on_nan: str = opt("stop", "on a NaN/inf loss: 'stop' (keep the last good checkpoint) or 'skip' the step")
     seed: int = opt(1337, "random seed")
@@ -143,7 +144,7 @@ def _convert(key: str, value: Any, tp: Any, source: str) -> Any:
         return [_convert(key, v, inner, source) for v in items]
     if origin in (typing.Union, types.UnionType):  # Optional[X]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "auto")):
             return None
         return _convert(key, value, args[0], source)
     want = tp.__name__ if isinstance(tp, type) else str(tp)
@@ -264,7 +265,7 @@ def parse_cli(argv: list[str], sections: dict[str, type], prog: str, about: str)
             key, eq, value = arg[2:].partition("=")
             key = key.replace("-", "_")
             if not eq:
-                if hints.get(key) is not bool:
+                if hints.get(key) not in (bool, bool | None):
                     raise UserError(f"command line: --{key} needs a value, as --{key}=VALUE")
                 value = "true"
             if typing.get_origin(hints.get(key)) is list:  # repeatable flags collect into a list

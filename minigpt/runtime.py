@@ -62,6 +62,13 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
+def pick_compile(setting: bool | None, device: torch.device) -> bool:
+    """torch.compile or not: an explicit setting wins; auto (None) compiles on CUDA, where it is the usual
+    speed-up, and not on the CPU, where the 20-40 s of compiling outweighed the gain in every benchmark
+    (baby: 1.39x per step but 18 s to compile; GPT-2: 0.90x fp32, 0.92x bf16)."""
+    return device.type == "cuda" if setting is None else setting
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """Mixed-precision context for forward passes; a no-op for float32."""
     if dtype is torch.float32:

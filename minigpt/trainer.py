@@ -195,7 +195,8 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
         runtime.set_rng_state(state["rng"])
         start_iter, best_val, eval_done = state["iter_num"], state["best_val_loss"], state["eval_done"]
         say(f"resumed from {out_dir / 'ckpt.pt'} at iteration {start_iter} (best val loss {best_val:.4f})")
-    train_model = torch.compile(model) if t.compile else model
+    compiled = runtime.pick_compile(t.compile, device)
+    train_model = torch.compile(model) if compiled else model
 
     tracker = None
     if main:
@@ -206,7 +207,8 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
     say(f"MFU against: {peak_note}")
     # tokens/s counts every rank's tokens, so the peak is per device times the number of processes
     mfu_of = (lambda tps: flops.mfu(flops_per_token, tps, peak * world.world_size)) if peak else (lambda tps: None)
-    say(f"training on {device} x {world.world_size} ({str(dtype).removeprefix('torch.')}), {tokens_per_iter:,} "
+    say(f"training on {device} x {world.world_size} ({str(dtype).removeprefix('torch.')}"
+        f"{', compiled' if compiled else ''}), {tokens_per_iter:,} "
         f"tokens per iteration, dataset {dataset.path} ({dataset.meta['train_tokens']:,} train tokens)")
 
     def save(it: int, done: bool, improved: bool) -> None:
