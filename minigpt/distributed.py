@@ -51,6 +51,12 @@ def init(device_name: str) -> tuple[World, str]:
     return World(rank, world_size, local_rank, backend), device_name
 
 
+def barrier(world: World) -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if world.distributed and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -139,7 +139,9 @@ def train(cfg: Config) -> dict:
     """Train a model as `cfg` says (single process, or one rank of a torchrun job); returns final losses."""
     world, device_name = distributed.init(cfg.train.device)
     try:
-        return _train(cfg, world, runtime.pick_device(device_name))
+        result = _train(cfg, world, runtime.pick_device(device_name))
+        distributed.barrier(world)  # rank 0 may still be writing: nobody tears the group down under it
+        return result
     finally:
         distributed.shutdown(world)
 

@@ -38,8 +38,9 @@ def run(*args, cwd=ROOT, check=True, env=None):
     proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=600)
     if check and proc.returncode != 0:
-        errors = "\n".join(line for line in proc.stderr.replace("\r", "\n").splitlines() if "Error" in line or "error" in line)
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{errors[-3000:]}")
+        stderr = "\n".join(line for line in proc.stderr.replace("\r", "\n").splitlines() if line.strip()
+                           and not line.startswith(("training:", "evaluating:")))  # progress bars
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{stderr[-6000:]}")
     return proc
 
 
