@@ -289,5 +289,6 @@ def usage(sections: dict[str, type], prog: str, about: str) -> str:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             tp = getattr(hints[f.name], "__name__", str(hints[f.name]))
-            lines.append(f"  --{f.name}={default!r} ({tp})  {f.metadata.get('help', '')}")
+            shown = "auto" if default is None and hints[f.name] == bool | None else repr(default)
+            lines.append(f"  --{f.name}={shown} ({tp})  {f.metadata.get('help', '')}")
     return "\n".join(lines)
