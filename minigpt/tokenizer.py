@@ -15,7 +15,7 @@ import argparse
 import base64
 import json
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from .errors import UserError, run_cli
 
@@ -64,7 +64,19 @@ class CharTokenizer:
         return {"kind": "char", "chars": self.chars}
 
 
-class TiktokenTokenizer:
+class _Tiktoken:
+    """Encoding and decoding through a tiktoken Encoding `self.enc`, shared by the two BPE tokenizers."""
+
+    enc: Any  # tiktoken.Encoding (tiktoken is imported only when a tokenizer is built)
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)  # plain text: special-token strings are not special here
+
+    def decode(self, ids: list[int]) -> str:
+        return self.enc.decode(ids)
+
+
+class TiktokenTokenizer(_Tiktoken):
     """Byte-level BPE through tiktoken (`gpt2` by default, or any tiktoken encoding name)."""
 
     kind = "tiktoken"
@@ -87,12 +99,6 @@ class TiktokenTokenizer:
         self.vocab_size = self.enc.n_vocab
         self.eot_id = self.enc.eot_token
 
-    def encode(self, text: str) -> list[int]:
-        return self.enc.encode_ordinary(text)  # plain text: special-token strings are not special here
-
-    def decode(self, ids: list[int]) -> str:
-        return self.enc.decode(ids)
-
     def spec(self) -> dict:
         return {"kind": "tiktoken", "name": self.name}
 
@@ -105,7 +111,7 @@ PATTERNS = {
 EOT = "<|endoftext|>"
 
 
-class BPETokenizer:
+class BPETokenizer(_Tiktoken):
     """A byte-level BPE given as tiktoken mergeable ranks (token bytes, in rank order) + split pattern + <|endoftext|>."""
 
     kind = "bpe"
@@ -123,12 +129,6 @@ class BPETokenizer:
                                          special_tokens={EOT: self.eot_id})
         except ValueError as e:
             raise UserError(f"tokenizer '{name}' is not a valid byte-level BPE ({e}); train it again") from None
-
-    def encode(self, text: str) -> list[int]:
-        return self.enc.encode_ordinary(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.enc.decode(ids)
 
     def spec(self) -> dict:
         # self-contained: the ranks travel with the spec, so a checkpoint needs no tokenizer file
