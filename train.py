@@ -1,13 +1,12 @@
 """Pretrain a GPT: `python train.py [CONFIG.toml] [--key=value ...]` (see --help for every setting)."""
 
-from minigpt.config import TrainConfig, parse_cli
+from minigpt.config import parse_cli, train_sections
 from minigpt.errors import run_cli
-from minigpt.model import GPTConfig
 from minigpt.trainer import train
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, {"model": GPTConfig, "train": TrainConfig}, "python train.py", __doc__.splitlines()[0])
+    cfg = parse_cli(argv, train_sections(), "python train.py", __doc__.splitlines()[0])
     train(cfg)
     return 0
 

@@ -78,19 +78,26 @@ class TrainConfig:
     eval_only: bool = opt(False, "estimate the losses once and exit")
     log_interval: int = opt(50, "print a log line every this many steps")
     always_save_checkpoint: bool = opt(True, "save at every eval, not only when val loss improves")
-    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    dtype: str = opt("auto", "'auto' (bf16 on CUDA, or fp16 without bf16; on a bf16-capable CPU bf16 for "
-                             "n_embd >= 512; else fp32), 'float32', 'bfloat16' or 'float16' (autocast)")
-    compile: bool | None = opt(None, "torch.compile the model: true, false, or auto (unset): on for CUDA, off on the "
-                                     "CPU, where compile time outweighs the gain; eval and checkpoints use the plain module")
     fsdp: bool = opt(False, "under torchrun, shard the model with FSDP2 instead of DDP")
     on_nan: str = opt("stop", "on a NaN/inf loss: 'stop' (keep the last good checkpoint) or 'skip' the step")
-    seed: int = opt(1337, "random seed")
-    threads: int = opt(0, "CPU threads for torch; 0 leaves torch's default")
     wandb_log: bool = opt(False, "log to Weights & Biases (WANDB_MODE=offline works without network)")
     wandb_project: str = opt("minigpt", "wandb project")
     wandb_run_name: str = opt("", "wandb run name; empty lets wandb pick one")
     plot: bool = opt(True, "write out_dir/loss.png at the end of the run")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how every command runs; the same section, defaults and meaning for all of them."""
+
+    device: str = opt("auto", "'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    dtype: str = opt("auto", "compute precision: 'auto' (bf16 on CUDA, fp16 without bf16; on a CPU with native "
+                             "bf16, bf16 for n_embd >= 512; else fp32), 'float32', 'bfloat16' or 'float16'. "
+                             "Training autocasts over fp32 weights; inference holds the weights in this dtype")
+    compile: bool | None = opt(None, "torch.compile the model (training) or the decode step (sampling): true, false, "
+                                     "or auto (unset): on for CUDA, off on the CPU")
+    seed: int = opt(1337, "random seed (same seed, same run)")
+    threads: int = opt(0, "CPU threads for torch; 0 picks them from the cores that are free now")
 
 
 @dataclass
@@ -108,10 +115,16 @@ class SampleConfig:
     stop: list[str] = opt([], "stop a sample before this text (repeatable); the end-of-text token always stops")
     stream: bool = opt(True, "print the first sample token by token as it is generated")
     kv_cache: bool = opt(True, "reuse keys and values of earlier tokens; false recomputes the context every step")
-    seed: int = opt(1337, "random seed (same seed, same text)")
-    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    dtype: str = opt("float32", "'float32' or 'bfloat16' weights for generation")
-    compile: bool = opt(False, "torch.compile the one-token decode step (needs gcc on the CPU)")
+
+
+# The sections each command reads, in --help order.
+def train_sections() -> dict[str, type]:
+    from .model import GPTConfig  # the model's own dataclass is its settings section
+
+    return {"model": GPTConfig, "train": TrainConfig, "runtime": RuntimeConfig}
+
+
+SAMPLE_SECTIONS = {"sample": SampleConfig, "runtime": RuntimeConfig}
 
 
 @dataclass
@@ -252,14 +265,19 @@ def _hint(cls, key: str):
     return typing.get_type_hints(cls)[key]
 
 
-def parse_cli(argv: list[str], sections: dict[str, type], prog: str, about: str) -> Config:
-    """Parse `[CONFIG.toml] [--key=value ...]`; `--help` lists every setting with its default."""
+def parse_cli(argv: list[str], sections: dict[str, type], prog: str, about: str,
+              positional: str | None = None) -> Config:
+    """Parse `[CONFIG.toml] [--key=value ...]`; `--help` lists every setting with its default.
+
+    Every command goes through here. With `positional`, a bare argument sets that setting instead of
+    naming a TOML file (`python data/prepare.py shakespeare` sets `source`).
+    """
     file = None
     overrides: dict[str, Any] = {}
     hints = {name: _hint(cls, name) for cls in sections.values() for name in _fields(cls)}
     for arg in argv:
         if arg in ("-h", "--help"):
-            print(usage(sections, prog, about))
+            print(usage(sections, prog, about, positional))
             raise SystemExit(0)
         if arg.startswith("--"):
             key, eq, value = arg[2:].partition("=")
@@ -272,15 +290,18 @@ def parse_cli(argv: list[str], sections: dict[str, type], prog: str, about: str)
                 overrides.setdefault(key, []).append(value)
             else:
                 overrides[key] = value
-        elif file is None:
+        elif positional is not None and positional not in overrides:
+            overrides[positional] = arg
+        elif positional is None and file is None:
             file = arg
         else:
             raise UserError(f"command line: unexpected argument '{arg}'; settings are given as --key=value")
     return build_config(sections, file, overrides)
 
 
-def usage(sections: dict[str, type], prog: str, about: str) -> str:
-    lines = [f"usage: {prog} [CONFIG.toml] [--key=value ...]", "", about, ""]
+def usage(sections: dict[str, type], prog: str, about: str, positional: str | None = None) -> str:
+    first = positional.upper() if positional else "[CONFIG.toml]"
+    lines = [f"usage: {prog} {first} [--key=value ...]", "", about, ""]
     if "model" in sections:
         lines.append(f"  --preset=NAME  model shape preset: {', '.join(PRESETS)}")
     for sec, cls in sections.items():

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint, flops
-from .config import PRESETS, TrainConfig, opt, parse_cli
+from .config import PRESETS, opt, parse_cli, train_sections
 from .data import TokenDataset, resolve_dataset
 from .errors import UserError, run_cli
 from .model import GPT, GPTConfig
@@ -307,7 +307,7 @@ def main(argv: list[str]) -> int:
             argv[i] = f"--preset={argv[i]}"
         elif not argv[i].endswith(".toml") and not Path(argv[i]).is_file():
             raise UserError(f"unknown preset '{argv[i]}'; choose one of {', '.join(PRESETS)}, or pass a .toml file")
-    cfg = parse_cli(argv, {"model": GPTConfig, "params": ParamsConfig, "train": TrainConfig},
+    cfg = parse_cli(argv, {**train_sections(), "params": ParamsConfig},
                     "python -m minigpt.params", ABOUT)
     p = cfg.params
     if p.format not in ("text", "json"):

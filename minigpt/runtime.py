@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import random
 import sys
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -102,6 +105,49 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def free_cores(interval: float = 0.25) -> tuple[int, float]:
+    """(cores this process may run on, how many of them other work keeps busy right now).
+
+    Busy-ness is read from /proc/stat over `interval` seconds (Linux); elsewhere nothing counts as busy.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    def sample() -> list[tuple[int, int]]:
+        rows = [line.split() for line in open("/proc/stat") if line.startswith("cpu") and line[3].isdigit()]
+        return [(sum(map(int, r[1:9])), int(r[4]) + int(r[5])) for r in rows]  # (total, idle + iowait) jiffies
+    try:
+        before = sample()
+        time.sleep(interval)
+        after = sample()
+    except (OSError, ValueError, IndexError):
+        return cores, 0.0
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(len(after))
+    busy = 0.0
+    for cpu in allowed:
+        if cpu < len(after):
+            total = after[cpu][0] - before[cpu][0]
+            busy += 1.0 - (after[cpu][1] - before[cpu][1]) / total if total > 0 else 0.0
+    return cores, busy
+
+
+def pick_threads(setting: int, device: torch.device) -> tuple[int, str]:
+    """(torch threads, why). An explicit setting wins; else the cores that are free now, shared among the
+    processes torchrun put on this machine. With another program keeping one of two cores busy, two
+    threads ran 3.5x slower than one (every matmul waits for the thread that was descheduled)."""
+    if setting > 0:
+        return setting, "set by --threads"
+    if device.type != "cpu":
+        return torch.get_num_threads(), "torch's default (the work runs on the accelerator)"
+    cores, busy = free_cores()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    free = max(1, round(cores - busy))
+    threads = max(1, free // local)
+    why = f"{free} of {cores} cores free" + (f", shared by {local} processes" if local > 1 else "")
+    return threads, why + "; --threads=N overrides"
+
+
 def setup_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
@@ -126,3 +172,36 @@ def setup_cuda_speed(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What `setup` decided for a command: device, compute dtype, compile or not, CPU threads."""
+
+    device: torch.device
+    dtype: torch.dtype
+    compile: bool
+    threads: int
+    why_threads: str = ""
+
+    def autocast(self):
+        """The mixed-precision context for forward passes of fp32 weights (a no-op for float32)."""
+        return autocast(self.device, self.dtype)
+
+    def describe(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        threads = f", {self.threads} threads ({self.why_threads})" if self.device.type == "cpu" else ""
+        return f"{self.device} {dtype}{', compiled' if self.compile else ''}{threads}"
+
+
+def setup(rc, n_embd: int | None = None, device: str | None = None) -> Runtime:
+    """Apply a RuntimeConfig: pick device, dtype (by model width), compile and threads; set the process up
+    for them. `device` overrides rc.device (torchrun's rank picks its own GPU). Seeding is the caller's."""
+    dev = pick_device(device or rc.device)
+    dtype = pick_dtype(rc.dtype, dev, n_embd)
+    threads, why = pick_threads(rc.threads, dev)
+    if dev.type == "cpu":
+        torch.set_num_threads(threads)
+    setup_cuda_speed(dev)
+    setup_cpu_allocator(dev)
+    return Runtime(dev, dtype, pick_compile(rc.compile, dev), threads, why)

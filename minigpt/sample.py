@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, runtime
-from .config import SampleConfig
+from .config import RuntimeConfig, SampleConfig
 from .errors import UserError
 from .generate import stream
 
@@ -96,12 +96,12 @@ def unescape(stop: str) -> str:
     return stop.replace("\\n", "\n").replace("\\t", "\t")
 
 
-def sample(cfg: SampleConfig) -> list[str]:
+def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
     """Draw `num_samples` continuations of the prompt as one batch; prints them and returns them."""
     check_settings(cfg)
-    device = runtime.pick_device(cfg.device)
-    dtype = runtime.pick_dtype(cfg.dtype, device)
+    device = runtime.pick_device(rc.device)
     model, tok = load(cfg.init_from, cfg.out_dir, device)
+    dtype = runtime.pick_dtype(rc.dtype, device, model.config.n_embd)
     model.to(dtype)  # weights kept in the generation precision
     prompt = read_prompt(cfg.start)
     ids = tok.encode(prompt)
@@ -118,10 +118,10 @@ def sample(cfg: SampleConfig) -> list[str]:
               f"using its last {block}")
         ids = ids[-block:]
         prompt = tok.decode(ids)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    torch.manual_seed(rc.seed)
+    gen = torch.Generator(device=device).manual_seed(rc.seed)
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
-    step = torch.compile(model, dynamic=True) if cfg.compile else None
+    step = torch.compile(model, dynamic=True) if runtime.pick_compile(rc.compile, device) else None
     texts = [TextStream(tok, [unescape(s) for s in cfg.stop]) for _ in range(cfg.num_samples)]
     if cfg.stream:
         print(prompt, end="", flush=True)

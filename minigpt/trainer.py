@@ -137,7 +137,7 @@ def _stop_signals():
 
 def train(cfg: Config) -> dict:
     """Train a model as `cfg` says (single process, or one rank of a torchrun job); returns final losses."""
-    world, device_name = distributed.init(cfg.train.device)
+    world, device_name = distributed.init(cfg.runtime.device)
     try:
         result = _train(cfg, world, runtime.pick_device(device_name))
         distributed.barrier(world)  # rank 0 may still be writing: nobody tears the group down under it
@@ -153,17 +153,18 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
         raise UserError(f"gradient_accumulation_steps ({t.gradient_accumulation_steps}) must be divisible by the "
                         f"number of processes ({world.world_size})")
     micro_steps = t.gradient_accumulation_steps // world.world_size  # per rank
-    runtime.setup_threads(t.threads)
+    rc = cfg.runtime
+    runtime.setup_threads(rc.threads)
     runtime.setup_cuda_speed(device)
     runtime.setup_cpu_allocator(device)
-    runtime.seed_everything(t.seed)  # the same initial weights on every rank (FSDP shards them as they are)
+    runtime.seed_everything(rc.seed)  # the same initial weights on every rank (FSDP shards them as they are)
     main = world.is_main
     say = tqdm.write if main else (lambda *a, **k: None)  # printing that keeps the progress bar intact
 
     dataset = TokenDataset(resolve_dataset(t.dataset))
     out_dir = Path(t.out_dir)
     mcfg, state = _initial_state(cfg, dataset, out_dir)
-    dtype = runtime.pick_dtype(t.dtype, device, mcfg.n_embd)
+    dtype = runtime.pick_dtype(rc.dtype, device, mcfg.n_embd)
     ctx = runtime.autocast(device, dtype)
     dataset.check_block_size(mcfg.block_size)
     if main:
@@ -181,12 +182,12 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
     flops_per_token = flops.model_flops_per_token(model)  # 6N + 12 L C T, before any sharding
     model = distributed.wrap(model, world, t.fsdp, device)  # FSDP shards in place; DDP returns a wrapper
     plain = checkpoint.unwrap(model)  # for eval and checkpoints: no DDP / compile wrappers
-    runtime.seed_everything(t.seed + world.rank)  # but different dropout masks on each rank
+    runtime.seed_everything(rc.seed + world.rank)  # but different dropout masks on each rank
     optimizer = make_optimizer(plain, t.learning_rate, t.weight_decay, (t.beta1, t.beta2), device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)  # fp16 only: bf16 has fp32's range
     # Every rank draws the same global batch and trains on its own rows of it: N ranks x batch B
     # see exactly what one process with batch N*B sees.
-    batches = Batches(dataset, mcfg.block_size, t.batch_size * world.world_size, t.seed, align_to_doc=t.align_to_doc)
+    batches = Batches(dataset, mcfg.block_size, t.batch_size * world.world_size, rc.seed, align_to_doc=t.align_to_doc)
     rows = slice(world.rank * t.batch_size, (world.rank + 1) * t.batch_size)
 
     start_iter, best_val, eval_done = 0, math.inf, False
@@ -197,7 +198,7 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
         runtime.set_rng_state(state["rng"])
         start_iter, best_val, eval_done = state["iter_num"], state["best_val_loss"], state["eval_done"]
         say(f"resumed from {out_dir / 'ckpt.pt'} at iteration {start_iter} (best val loss {best_val:.4f})")
-    compiled = runtime.pick_compile(t.compile, device)
+    compiled = runtime.pick_compile(rc.compile, device)
     train_model = torch.compile(model) if compiled else model
 
     tracker = None

@@ -1,10 +1,10 @@
 import pytest
 
-from minigpt.config import SampleConfig, TrainConfig, build_config, parse_cli
+from minigpt.config import SampleConfig, TrainConfig, build_config, parse_cli, train_sections
 from minigpt.errors import UserError
 from minigpt.model import GPTConfig
 
-SECTIONS = {"model": GPTConfig, "train": TrainConfig}
+SECTIONS = train_sections()
 
 
 def test_precedence_defaults_preset_file_cli(tmp_path):
@@ -12,7 +12,7 @@ def test_precedence_defaults_preset_file_cli(tmp_path):
     f.write_text('preset = "baby"\nn_layer = 3\nlearning_rate = 1\n[train]\nbatch_size = 7\n')
     cfg = parse_cli([str(f), "--n_layer=5", "--compile"], SECTIONS, "p", "a")
     assert cfg.model.n_layer == 5 and cfg.model.n_embd == 128  # CLI > file > preset
-    assert cfg.train.learning_rate == 1.0 and cfg.train.batch_size == 7 and cfg.train.compile is True
+    assert cfg.train.learning_rate == 1.0 and cfg.train.batch_size == 7 and cfg.runtime.compile is True
     assert {"n_layer", "learning_rate", "batch_size", "compile"} <= cfg.explicit
 
 

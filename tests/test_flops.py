@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minigpt import flops
-from minigpt.config import PRESETS, TrainConfig, build_config
+from minigpt.config import PRESETS, TrainConfig, build_config, train_sections
 from minigpt.model import GPT, GPTConfig
 
 GPT2 = GPTConfig(**PRESETS["gpt2"])
@@ -69,7 +69,7 @@ def test_train_logs_mfu_against_the_peak(char_dataset, tmp_path, monkeypatch, ca
     out = tmp_path / "out"
     overrides = dict(preset="tiny", batch_size=2, max_iters=4, eval_interval=100, eval_iters=1, log_interval=2,
                      device="cpu", plot=False, dataset=str(char_dataset), out_dir=str(out))
-    train(build_config({"model": GPTConfig, "train": TrainConfig}, overrides={k: str(v) for k, v in overrides.items()}))
+    train(build_config(train_sections(), overrides={k: str(v) for k, v in overrides.items()}))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "mfu" in r]
     assert len(logged) == 2

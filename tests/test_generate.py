@@ -7,7 +7,7 @@ import torch
 
 from conftest import needs_gpt2
 from minigpt import checkpoint
-from minigpt.config import SampleConfig
+from minigpt.config import RuntimeConfig, SampleConfig
 from minigpt.errors import UserError
 from minigpt.generate import generate, sample_next
 from minigpt.model import GPT, GPTConfig, KVCache
@@ -15,6 +15,7 @@ from minigpt.sample import TextStream, sample
 from minigpt.tokenizer import CharTokenizer
 
 CFG = GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=32)
+CPU_RUN = RuntimeConfig(device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -160,17 +161,17 @@ def char_ckpt(tmp_path, model):
 
 def test_sample_streams_batch_and_stops(char_ckpt, capsys):
     texts = sample(SampleConfig(out_dir=str(char_ckpt), start="ab", num_samples=3, max_new_tokens=40,
-                                temperature=1.0, top_p=0.9, stop=["e"], device="cpu"))
+                                temperature=1.0, top_p=0.9, stop=["e"]), CPU_RUN)
     out = capsys.readouterr().out
     assert len(texts) == 3 and all(t.startswith("ab") and "e" not in t[2:] for t in texts)
     assert out.count("---------------") == 3 and texts[1] in out
     again = sample(SampleConfig(out_dir=str(char_ckpt), start="ab", num_samples=3, max_new_tokens=40,
-                                temperature=1.0, top_p=0.9, stop=["e"], device="cpu", stream=False))
+                                temperature=1.0, top_p=0.9, stop=["e"], stream=False), CPU_RUN)
     assert again == texts  # same seed, same text, streamed or not
 
 
 def test_empty_prompt_on_a_char_model_starts_from_a_newline(char_ckpt, capsys):
-    sample(SampleConfig(out_dir=str(char_ckpt), start="", num_samples=1, max_new_tokens=3, device="cpu"))
+    sample(SampleConfig(out_dir=str(char_ckpt), start="", num_samples=1, max_new_tokens=3), CPU_RUN)
     assert "starting from a newline" in capsys.readouterr().out
 
 
@@ -181,10 +182,10 @@ def test_empty_prompt_on_a_char_model_starts_from_a_newline(char_ckpt, capsys):
 ])
 def test_bad_sample_settings_are_one_clear_error(char_ckpt, kw, needle):
     with pytest.raises(UserError, match=needle):
-        sample(SampleConfig(out_dir=str(char_ckpt), device="cpu", **kw))
+        sample(SampleConfig(out_dir=str(char_ckpt), **kw), CPU_RUN)
 
 
 def test_not_gpt2_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(UserError, match="not GPT-2"):
-        sample(SampleConfig(init_from=str(tmp_path), device="cpu"))
+        sample(SampleConfig(init_from=str(tmp_path)), CPU_RUN)

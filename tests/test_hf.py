@@ -79,11 +79,11 @@ def test_export_cli_and_bad_format(tmp_path):
 
 @needs_gpt2
 def test_sample_from_a_local_gpt2_folder(hf_folder, capsys):
-    from minigpt.config import SampleConfig
+    from minigpt.config import RuntimeConfig, SampleConfig
     from minigpt.sample import sample
 
     folder, _ = hf_folder
-    texts = sample(SampleConfig(init_from=str(folder), start="", num_samples=2, max_new_tokens=8, device="cpu"))
+    texts = sample(SampleConfig(init_from=str(folder), start="", num_samples=2, max_new_tokens=8), RuntimeConfig(device="cpu"))
     assert len(texts) == 2 and "end-of-text" in capsys.readouterr().out
 
 
@@ -110,7 +110,7 @@ def test_folder_without_weights_is_refused(hf_folder, tmp_path):
 @needs_gpt2
 def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpus_file, char_dataset):
     from minigpt import corpus, data
-    from minigpt.config import TrainConfig, build_config
+    from minigpt.config import TrainConfig, build_config, train_sections
     from minigpt.trainer import train
 
     folder, ref = hf_folder
@@ -118,12 +118,12 @@ def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpu
     data.prepare(corpus.text_files(corpus_file), "gpt2", ds, 0.1)
     args = {"dataset": str(ds), "init_from": str(folder), "max_iters": 0, "eval_iters": 1, "batch_size": 2,
             "block_size": 16, "device": "cpu", "plot": False, "out_dir": str(tmp_path / "out")}
-    train(build_config({"model": GPTConfig, "train": TrainConfig}, None, args))
+    train(build_config(train_sections(), None, args))
     model, tok, _ = checkpoint.load_model(tmp_path / "out")
     assert model.config.block_size == 16 and tok.spec()["name"] == "gpt2"
     idx = torch.randint(0, 50257, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="tokenizer is gpt2"):
-        train(build_config({"model": GPTConfig, "train": TrainConfig}, None,
+        train(build_config(train_sections(), None,
                            {**args, "dataset": str(char_dataset), "out_dir": str(tmp_path / "o2")}))

@@ -35,16 +35,15 @@ def test_rng_state_round_trip():
 
 
 def test_compile_auto_is_on_for_cuda_only_and_explicit_wins():
-    from minigpt.config import SampleConfig, TrainConfig, parse_cli
+    from minigpt.config import SAMPLE_SECTIONS, parse_cli, train_sections
 
     assert runtime.pick_compile(None, torch.device("cuda")) is True
     assert runtime.pick_compile(None, CPU) is False
     assert runtime.pick_compile(True, CPU) is True and runtime.pick_compile(False, torch.device("cuda")) is False
-    sections = {"train": TrainConfig}
-    assert parse_cli([], sections, "p", "a").train.compile is None
-    assert parse_cli(["--compile=auto"], sections, "p", "a").train.compile is None
-    assert parse_cli(["--compile"], sections, "p", "a").train.compile is True
-    assert parse_cli(["--compile=false"], sections, "p", "a").train.compile is False
-    with pytest.raises(UserError, match="compile"):
-        parse_cli(["--compile=maybe"], sections, "p", "a")
-    assert parse_cli(["--compile"], {"sample": SampleConfig}, "p", "a").sample.compile is True
+    for sections in (train_sections(), SAMPLE_SECTIONS):  # one runtime section, one meaning, every command
+        assert parse_cli([], sections, "p", "a").runtime.compile is None
+        assert parse_cli(["--compile=auto"], sections, "p", "a").runtime.compile is None
+        assert parse_cli(["--compile"], sections, "p", "a").runtime.compile is True
+        assert parse_cli(["--compile=false"], sections, "p", "a").runtime.compile is False
+        with pytest.raises(UserError, match="compile"):
+            parse_cli(["--compile=maybe"], sections, "p", "a")

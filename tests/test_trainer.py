@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run
-from minigpt.config import TrainConfig, build_config
+from minigpt.config import TrainConfig, build_config, train_sections
 from minigpt.errors import UserError
 from minigpt.model import GPTConfig
 from minigpt.trainer import train
@@ -22,7 +22,7 @@ BASE = dict(preset="tiny", batch_size=4, eval_interval=10, eval_iters=2, log_int
 
 def cfg(dataset, out_dir, **kw):
     overrides = {**BASE, "dataset": str(dataset), "out_dir": str(out_dir), **kw}
-    return build_config({"model": GPTConfig, "train": TrainConfig}, overrides={k: str(v) for k, v in overrides.items()})
+    return build_config(train_sections(), overrides={k: str(v) for k, v in overrides.items()})
 
 
 def weights_hash(out_dir) -> str:
