@@ -6,7 +6,9 @@ A checkpoint is one `.pt` file holding a dict of tensors and JSON-compatible met
     model_config      -- GPTConfig as a dict
     tokenizer         -- the tokenizer spec, so sampling needs nothing but the checkpoint
     config            -- the full run config, by section
-    iter_num, best_val_loss, and (for resuming) optimizer / data / rng state.
+    iter_num, best_val_loss, eval_done -- the loop's train state
+    optimizer, scaler, data, rng -- for resuming: optimizer and GradScaler state, the data sampler's
+                                    generator, and one RNG state per process
 Writes are atomic (temp file in the same folder, fsync, rename); loads use `weights_only=True`.
 """
 
@@ -22,55 +24,78 @@ from typing import Any
 
 import torch
 
+from . import distributed, runtime
 from .errors import UserError
 from .fileio import atomic_open
 from .model import GPT, GPTConfig
 from . import tokenizer as tokenizers
 
 FORMAT = "minigpt-checkpoint"
-VERSION = 1
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under torch.compile and DDP wrappers, whose keys carry no prefixes."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
+VERSION = 2  # 2: `rng` holds every rank's state (a list); 1 held rank 0's (a dict)
 
 
 def save(path: str | Path, model: torch.nn.Module, tokenizer_spec: dict, model_state: dict | None = None,
          **extra: Any) -> Path:
     """Write a checkpoint atomically; `model_state` overrides the module's own (e.g. gathered from FSDP shards)."""
     path = Path(path)
-    plain = unwrap(model)
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "model": plain.state_dict() if model_state is None else model_state,
-        "model_config": dataclasses.asdict(plain.config),
+        "model": model.state_dict() if model_state is None else model_state,
+        "model_config": dataclasses.asdict(model.config),
         "tokenizer": tokenizer_spec,
         **extra,
     }
     try:
         with atomic_open(path) as f:
             torch.save(state, f)
-    except PermissionError:
-        raise UserError(f"cannot write the checkpoint to {path} (permission denied); choose a writable --out_dir") from None
+    except OSError as e:  # permission denied, disk full, ...: the previous checkpoint is untouched
+        raise UserError(f"cannot write the checkpoint to {path} ({e.strerror or e}); free some space or choose a "
+                        f"writable --out_dir, then continue with --resume (the previous checkpoint is intact)") from None
     return path
 
 
+def save_training(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler,
+                  batches, train_state, world: distributed.World, fsdp: bool, tokenizer_spec: dict,
+                  **extra: Any) -> Path | None:
+    """Save everything a run needs to continue exactly: model, optimizer, GradScaler, data sampler, every
+    rank's RNG state and the loop's train state. Collective under torchrun (every rank calls it); rank 0
+    writes. Returns the path written (None on other ranks)."""
+    model_state, optim_state = distributed.full_state(model, optimizer, fsdp)
+    rng = distributed.gather_objects(runtime.rng_state(), world)  # one per rank: dropout masks differ by rank
+    if not world.is_main:
+        return None
+    return save(path, model, tokenizer_spec, model_state=model_state, optimizer=optim_state,
+                scaler=scaler.state_dict(), data=batches.state_dict(), rng=rng, **train_state.state_dict(), **extra)
+
+
+def restore_training(state: dict, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler, batches,
+                     train_state, world: distributed.World, fsdp: bool) -> str | None:
+    """Load what `save_training` wrote into the parts of a fresh run; returns a note when the RNG states
+    cannot be restored exactly (a different number of processes than the run that saved)."""
+    distributed.load_full_state(model, optimizer, state["model"], state["optimizer"], fsdp)
+    scaler.load_state_dict(state["scaler"])
+    batches.load_state_dict(state["data"])
+    train_state.load_state_dict(state)
+    rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # version 1 kept rank 0's only
+    runtime.set_rng_state(rng[world.rank % len(rng)])
+    if len(rng) != world.world_size:
+        return (f"the checkpoint holds the random state of {len(rng)} process(es) and this run has "
+                f"{world.world_size}: dropout masks will differ from an uninterrupted run")
+    return None
+
+
 def link(src: Path, dst: Path) -> None:
-    """Make `dst` the same file as `src` (a hard link, else a copy), replacing `dst` atomically."""
+    """Make `dst` the same file as `src` (a hard link, else a durable copy), replacing `dst` atomically."""
     tmp = dst.with_name(f".{dst.name}.link")
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, tmp)
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+            fout.flush()
+            os.fsync(fout.fileno())
     os.replace(tmp, dst)
 
 

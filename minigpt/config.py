@@ -29,25 +29,32 @@ def opt(default: Any, help: str):
 
 # Named model shapes. `tiny` trains in seconds on a CPU (tests use it); `baby` is nanoGPT's CPU
 # shakespeare_char config; the gpt2 family matches OpenAI's released checkpoints; gpt3-* the GPT-3 paper.
+_GPT2 = dict(vocab_size=50257, bias=True, block_size=1024)
+_GPT3 = dict(_GPT2, block_size=2048)  # GPT-3 paper, table 2.1: too big to train here, for `minigpt params`
+
+
+def _shape(base: dict, n_layer: int, n_head: int, n_embd: int) -> dict:
+    return dict(base, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, dropout=0.0, bias=False),
     "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
     "shakespeare_char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, bias=True),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257, bias=True),
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, vocab_size=50257, bias=True),
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, vocab_size=50257, bias=True),
-    # GPT-3 paper, table 2.1 (context 2048; too big to train here, for `python -m minigpt.params`).
-    # Its table does not multiply out twice: 13B's d_model 5140 is 40 heads x 128 = 5120, and XL's
-    # 24 heads of 128 do not make d_model 2048; we keep d_model and head size 128, so 16 heads.
-    "gpt3-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=2048, vocab_size=50257, bias=True),
-    "gpt3-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=2048, vocab_size=50257, bias=True),
-    "gpt3-large": dict(n_layer=24, n_head=16, n_embd=1536, block_size=2048, vocab_size=50257, bias=True),
-    "gpt3-xl": dict(n_layer=24, n_head=16, n_embd=2048, block_size=2048, vocab_size=50257, bias=True),
-    "gpt3-2.7b": dict(n_layer=32, n_head=32, n_embd=2560, block_size=2048, vocab_size=50257, bias=True),
-    "gpt3-6.7b": dict(n_layer=32, n_head=32, n_embd=4096, block_size=2048, vocab_size=50257, bias=True),
-    "gpt3-13b": dict(n_layer=40, n_head=40, n_embd=5120, block_size=2048, vocab_size=50257, bias=True),
-    "gpt3": dict(n_layer=96, n_head=96, n_embd=12288, block_size=2048, vocab_size=50257, bias=True),  # 175B
+    "gpt2": _shape(_GPT2, 12, 12, 768),
+    "gpt2-medium": _shape(_GPT2, 24, 16, 1024),
+    "gpt2-large": _shape(_GPT2, 36, 20, 1280),
+    "gpt2-xl": _shape(_GPT2, 48, 25, 1600),
+    # The paper's table does not multiply out twice: 13B's d_model 5140 is 40 heads x 128 = 5120, and
+    # XL's 24 heads of 128 do not make d_model 2048; we keep d_model and head size 128, so 16 heads.
+    "gpt3-small": _shape(_GPT3, 12, 12, 768),
+    "gpt3-medium": _shape(_GPT3, 24, 16, 1024),
+    "gpt3-large": _shape(_GPT3, 24, 16, 1536),
+    "gpt3-xl": _shape(_GPT3, 24, 16, 2048),
+    "gpt3-2.7b": _shape(_GPT3, 32, 32, 2560),
+    "gpt3-6.7b": _shape(_GPT3, 32, 32, 4096),
+    "gpt3-13b": _shape(_GPT3, 40, 40, 5120),
+    "gpt3": _shape(_GPT3, 96, 96, 12288),  # 175B
 }
 
 
@@ -56,9 +63,9 @@ class TrainConfig:
     out_dir: str = opt("out", "folder for checkpoints and logs")
     dataset: str = opt("shakespeare", "name of a prepared dataset under data/, or a path to one")
     align_to_doc: bool = opt(False, "start training windows right after an end-of-text token (document starts)")
-    init_from: str = opt("scratch", "'scratch' for a fresh model, 'resume' to continue out_dir/ckpt.pt, or GPT-2 "
-                                    "weights to fine-tune: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF folder")
-    resume: bool = opt(False, "continue from out_dir/ckpt.pt if it exists, else start from scratch")
+    init_from: str = opt("scratch", "what a fresh run starts from: 'scratch' (random weights), or GPT-2 weights to "
+                                    "fine-tune: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF folder")
+    resume: bool = opt(False, "continue from out_dir/ckpt.pt if it exists, else start fresh from init_from")
     overwrite: bool = opt(False, "allow a fresh run to replace the checkpoint already in out_dir")
     keep_last: int = opt(0, "also keep the last N checkpoints as ckpt_<iter>.pt; 0 keeps only ckpt.pt/best.pt")
     batch_size: int = opt(24, "sequences per micro-batch")
@@ -75,7 +82,8 @@ class TrainConfig:
     grad_clip: float = opt(1.0, "clip the global gradient norm to this value; 0 disables")
     eval_interval: int = opt(200, "estimate train/val loss every this many steps")
     eval_iters: int = opt(20, "batches per loss estimate")
-    eval_only: bool = opt(False, "estimate the losses once and exit")
+    eval_only: bool = opt(False, "estimate the losses of out_dir's checkpoint (or of init_from's GPT-2 weights) "
+                                 "once and exit; writes nothing")
     log_interval: int = opt(50, "print a log line every this many steps")
     always_save_checkpoint: bool = opt(True, "save at every eval, not only when val loss improves")
     fsdp: bool = opt(False, "under torchrun, shard the model with FSDP2 instead of DDP")
@@ -129,10 +137,12 @@ SAMPLE_SECTIONS = {"sample": SampleConfig, "runtime": RuntimeConfig}
 
 @dataclass
 class Config:
-    """The merged sections of one command, plus which keys the user set explicitly."""
+    """The merged sections of one command, plus which keys the user set (file or command line) and which
+    a --preset set."""
 
     sections: dict[str, Any]
     explicit: set[str]
+    preset: set[str] = field(default_factory=set)
 
     def __getattr__(self, name: str):
         sections = self.__dict__.get("sections", {})
@@ -243,11 +253,13 @@ def build_config(
             raise _unknown(key, known, source)
 
     raw: dict[str, dict[str, Any]] = {sec: {} for sec in sections}
+    preset: set[str] = set()
     if "preset" in values:
         name, source = values.pop("preset")
         if name not in PRESETS:
             raise UserError(f"{source}: unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
         raw["model"].update(PRESETS[name])
+        preset = set(PRESETS[name])
     for key, (value, source) in values.items():
         sec, f = owner[key]
         raw[sec][key] = _convert(key, value, f.type if not isinstance(f.type, str) else _hint(sections[sec], key), source)
@@ -258,7 +270,7 @@ def build_config(
             built[sec] = cls(**raw[sec])
         except ValueError as e:
             raise UserError(f"invalid {sec} settings: {e}") from None
-    return Config(sections=built, explicit=set(values))
+    return Config(sections=built, explicit=set(values), preset=preset)
 
 
 def _hint(cls, key: str):
@@ -313,3 +325,49 @@ def usage(sections: dict[str, type], prog: str, about: str, positional: str | No
             shown = "auto" if default is None and hints[f.name] == bool | None else repr(default)
             lines.append(f"  --{f.name}={shown} ({tp})  {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+# ---- which model a training run builds: the one place its settings meet the dataset, a checkpoint
+# or pretrained weights ------------------------------------------------------------------------------
+
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
+
+
+def model_config(cfg: Config, *, vocab_size: int, resumed=None, pretrained=None, pretrained_name: str = ""):
+    """The GPTConfig a training run builds, settling precedence once:
+    - resuming: the checkpoint's config (`resumed`); a shape setting the user or a preset gives that differs
+      from it is refused (the weights cannot change shape);
+    - fine-tuning (`pretrained`, GPT-2's config): theirs, with this run's block_size if typed (at most
+      theirs) and dropout if typed (else 0); other shape settings must agree;
+    - from scratch: defaults < preset < file < command line, the vocabulary from the dataset's tokenizer
+      (`vocab_size`) unless vocab_size was typed (then at least the tokenizer's)."""
+    from .model import GPTConfig
+
+    m = cfg.model
+    given = cfg.explicit | (cfg.preset - {"vocab_size"})  # a preset's vocabulary yields to the dataset's
+
+    def clashes(base, keys) -> str:
+        return ", ".join(f"{k}={getattr(base, k)}" for k in keys if k in given and getattr(m, k) != getattr(base, k))
+
+    if resumed is not None:
+        if clash := clashes(resumed, SHAPE_KEYS):
+            raise UserError(f"the checkpoint has {clash}, which differs from this run's settings (command line, "
+                            f"config file or preset); drop those settings to resume it, or train into another "
+                            f"--out_dir")
+        return resumed
+    if pretrained is not None:
+        if clash := clashes(pretrained, [k for k in SHAPE_KEYS if k != "block_size"]):
+            raise UserError(f"{pretrained_name} has {clash}, which differs from this run's settings; drop those "
+                            f"settings to fine-tune it")
+        block_size = m.block_size if "block_size" in cfg.explicit else pretrained.block_size
+        if block_size > pretrained.block_size:
+            raise UserError(f"block_size={block_size} is longer than {pretrained_name}'s context of "
+                            f"{pretrained.block_size}; use at most {pretrained.block_size}")
+        dropout = m.dropout if "dropout" in cfg.explicit else 0.0
+        return GPTConfig(**{**pretrained.__dict__, "block_size": block_size, "dropout": dropout})
+    if "vocab_size" in cfg.explicit:
+        if m.vocab_size < vocab_size:
+            raise UserError(f"vocab_size={m.vocab_size} is smaller than the dataset's tokenizer vocabulary "
+                            f"({vocab_size}); drop --vocab_size or raise it")
+        return m
+    return GPTConfig(**{**m.__dict__, "vocab_size": vocab_size})

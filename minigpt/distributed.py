@@ -22,8 +22,6 @@ from .errors import UserError
 class World:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
-    backend: str = ""
 
     @property
     def is_main(self) -> bool:
@@ -48,7 +46,7 @@ def init(device_name: str) -> tuple[World, str]:
     elif device_name == "auto":
         device_name = "cpu"
     dist.init_process_group(backend=backend)
-    return World(rank, world_size, local_rank, backend), device_name
+    return World(rank, world_size), device_name
 
 
 def barrier(world: World) -> None:
@@ -117,15 +115,35 @@ def any_flag(flag: bool, world: World, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def gather_objects(obj, world: World) -> list:
+    """[rank 0's obj, rank 1's, ...] on rank 0 (collective: every rank calls it); [obj] in one process."""
+    if not world.distributed:
+        return [obj]
+    out = [None] * world.world_size if world.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> tuple[dict, dict]:
     """Unsharded model and optimizer state dicts (collective under FSDP: every rank must call it)."""
     if not fsdp:
         return model.state_dict(), optimizer.state_dict()
+    if not optimizer.state:
+        # Before the first step: get_optimizer_state_dict would initialise the empty state by running a
+        # zero-gradient step(), advancing AdamW's step counter, so the first real update would get step 2's
+        # bias correction (0.74x). There is nothing to save yet; every rank takes this branch together.
+        return _fsdp_model_state(model), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def _fsdp_model_state(model: nn.Module) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict,
@@ -140,4 +158,5 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_st
 
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state, options=opts)
-    set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
+    if optim_state.get("state"):  # saved before the first step: nothing to load (see full_state)
+        set_optimizer_state_dict(model, optimizer, optim_state, options=opts)

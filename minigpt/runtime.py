@@ -55,6 +55,9 @@ def pick_dtype(name: str, device: torch.device, n_embd: int | None = None) -> to
     dtype = DTYPES[name]
     if dtype is torch.float16 and device.type == "cpu":
         raise UserError("--dtype=float16 is not supported on the CPU; use bfloat16 or float32")
+    if dtype is torch.bfloat16 and device.type == "cpu" and not _cpu_has_bf16():
+        raise UserError("--dtype=bfloat16: this CPU has no native bf16 (AVX512-BF16 or AMX), so every bf16 matmul "
+                        "is emulated, about 100x slower than float32; use --dtype=float32 (or auto)")
     return dtype
 
 

@@ -12,8 +12,10 @@ from .fileio import atomic_open
 class Tracker:
     """Appends one JSON record per event to out_dir/metrics.jsonl and mirrors it to wandb if enabled."""
 
-    def __init__(self, out_dir: Path, resume_at: int | None = None, wandb_config: dict | None = None,
-                 run_config: dict | None = None):
+    def __init__(self, out_dir: Path, resume_at: int | None = None, run_config: dict | None = None,
+                 wandb: tuple[str, str] | None = None, wandb_id: str = ""):
+        """`resume_at`: the iteration a resumed run continues from (later records are dropped); `wandb`:
+        (project, run name) to mirror to Weights & Biases, continuing run `wandb_id` when given."""
         self.path = Path(out_dir) / "metrics.jsonl"
         if resume_at is not None:
             self._rewind(resume_at)
@@ -21,13 +23,16 @@ class Tracker:
             self.path.unlink()  # a fresh run starts a fresh log
         self.file = open(self.path, "a")
         self.wandb = None
-        if wandb_config:
+        self.wandb_id = wandb_id
+        if wandb:
             try:
-                import wandb
+                import wandb as wandb_lib
             except ImportError:
                 raise UserError("--wandb_log=true needs the wandb package; pip install wandb") from None
-            self.wandb = wandb.init(project=wandb_config["project"], name=wandb_config["run_name"] or None,
-                                    config=run_config, dir=str(out_dir), resume="allow")
+            project, name = wandb
+            self.wandb = wandb_lib.init(project=project, name=name or None, config=run_config, dir=str(out_dir),
+                                        id=wandb_id or None, resume="allow")
+            self.wandb_id = self.wandb.id
 
     def _rewind(self, step: int) -> None:
         """Drop records past the checkpoint we resume from: a resumed run logs exactly what a straight one does."""

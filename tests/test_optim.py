@@ -17,5 +17,8 @@ def test_decay_only_on_matrices_and_tied_weight_once():
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=20, bias=True))
     decay, no_decay = param_groups(model, 0.1)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
-    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
-    assert n == sum(p.numel() for p in model.parameters())  # parameters() yields the tied weight once
+    ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert ids.count(id(model.lm_head.weight)) == 1 and len(ids) == len(set(ids))  # the tied pair: once
+    named = dict(model.named_parameters(remove_duplicate=False))  # lists the head and the embedding both
+    assert len(named) == len(ids) + 1

@@ -13,7 +13,30 @@ def test_auto_dtype_on_cpu_depends_on_width_and_bf16_support(monkeypatch):
     assert runtime.pick_dtype("auto", CPU, 768) is torch.bfloat16
     monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: False)
     assert runtime.pick_dtype("auto", CPU, 768) is torch.float32
+    with pytest.raises(UserError, match="no native bf16"):  # one line at once, not minutes of emulated matmuls
+        runtime.pick_dtype("bfloat16", CPU)
+    monkeypatch.setattr(runtime, "_cpu_has_bf16", lambda: True)
     assert runtime.pick_dtype("bfloat16", CPU) is torch.bfloat16
+
+
+def test_threads_follow_the_free_cores(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(runtime, "free_cores", lambda: (2, 0.1))
+    assert runtime.pick_threads(0, CPU)[0] == 2
+    monkeypatch.setattr(runtime, "free_cores", lambda: (2, 0.9))  # another program keeps one core busy
+    threads, why = runtime.pick_threads(0, CPU)
+    assert threads == 1 and "1 of 2 cores free" in why
+    monkeypatch.setattr(runtime, "free_cores", lambda: (2, 2.0))
+    assert runtime.pick_threads(0, CPU)[0] == 1  # never zero
+    assert runtime.pick_threads(2, CPU) == (2, "set by --threads")
+    monkeypatch.setattr(runtime, "free_cores", lambda: (8, 0.0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes share the cores
+    assert runtime.pick_threads(0, CPU)[0] == 4
+
+
+def test_free_cores_reads_a_share_of_the_allowed_cores():
+    cores, busy = runtime.free_cores(0.2)
+    assert cores >= 1 and 0.0 <= busy <= cores + 0.05  # /proc/stat jiffies: a fraction per core
 
 
 def test_bad_dtype_and_device():
