@@ -381,14 +381,17 @@ def prepare_bench(source: str, num_proc: int, out: str) -> dict:
     cmd = [sys.executable, str(ROOT / "data" / "prepare.py"), source, "--tokenizer=gpt2", f"--num_proc={num_proc}",
            "--out", out, "--overwrite"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tree = 0.0
-    while proc.poll() is None:
-        tree = max(tree, _tree_rss_mb(proc.pid))
-        time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode}")
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        tree = 0.0
+        while proc.poll() is None:
+            tree = max(tree, _tree_rss_mb(proc.pid))
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            err.seek(0)
+            last = [ln for ln in err.read().replace("\r", "\n").splitlines() if ln.strip()][-1:]
+            raise RuntimeError(f"data/prepare.py failed with status {proc.returncode}: {' '.join(last)}")
     meta = json.loads((Path(out) / "meta.json").read_text())
     return {"wall_s": wall, "tokens_per_s": (meta["train_tokens"] + meta["val_tokens"]) / wall,
             "mb_per_s": (meta["train_bytes"] + meta["val_bytes"]) / 1e6 / wall, "tree_peak_mb": tree,
