@@ -334,6 +334,8 @@ def _model_config(cfg) -> tuple[GPTConfig, str]:
     configured dataset's when that is prepared, as train.py takes it."""
     src = cfg.params.source
     overrides = {k: v for k, v in _overrides(cfg).items() if k != "source"}
+    if src and "out_dir" in cfg.explicit:
+        raise UserError(f"give one model to count: '{src}' or --out_dir={cfg.train.out_dir}, not both")
     if src and not src.endswith(".toml") and (Path(src).exists() or "/" in src or src.endswith(".pt")):
         return _checkpoint_config(cfg, src)
     if not src and "out_dir" in cfg.explicit:

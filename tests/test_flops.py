@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from minigpt import flops
-from minigpt.config import PRESETS, TrainConfig, build_config, train_sections
+from minigpt.config import PRESETS, build_config, train_sections
 from minigpt.model import GPT, GPTConfig
 
 GPT2 = GPTConfig(**PRESETS["gpt2"])

@@ -131,6 +131,7 @@ def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset
     (["/nonexistent/ckpt"], "no checkpoint at"),
     (["/nonexistent/baby.toml"], "config file /nonexistent/baby.toml does not exist"),
     (["gpt2", "gpt3"], "unexpected argument 'gpt3'"),
+    (["gpt2", "--out_dir=out"], "give one model to count: 'gpt2' or --out_dir=out, not both"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, msg):
     with pytest.raises(UserError, match=msg):
