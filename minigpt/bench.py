@@ -1,27 +1,138 @@
 """The benchmark command: `python -m minigpt.bench [WORKLOAD ...] [--quick]` prints a markdown table.
 
-Each workload measures variants of one job against an in-run reference (the fp32 eager variant of the
-same model) and reports tokens/s, ms/step, the ratio to the reference and the peak RSS of the process
-that ran it (every variant runs in a fresh process, so peaks do not leak from one to the next).
-Benchmarks are not tests: they assert nothing and take minutes.
+Each workload measures variants of one job against an in-run reference and reports tokens/s, ms/step,
+the ratio to the reference and the peak RSS of the process that ran it (every variant runs in a fresh
+process, so peaks do not leak from one to the next). Every row names the machine, and the ceilings it
+is compared with are probed in the same run: the matmul peaks (MFU of training rows) and the streaming
+read bandwidth (decode rows: one generated token reads every weight once, so bandwidth / weight bytes
+is the fastest decode can go). Rows this CPU cannot run well (bf16 without native bf16) are skipped
+with a note. Benchmarks are not tests: they assert nothing and take minutes.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
+import math
 import multiprocessing as mp
+import os
+import random
 import resource
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from .config import PRESETS
+from . import checkpoint, flops, runtime
+from .config import PRESETS, opt, parse_cli
+from .corpus import shakespeare
+from .data import TokenDataset, resolve_dataset
 from .errors import UserError, run_cli
-from .flops import cpu_name, matmul_peak, model_flops_per_token
+from .evaluate import evaluate_split
+from .generate import generate
 from .model import GPT, GPTConfig, lm_loss
 from .optim import make_optimizer
-from . import runtime
+
+
+def _project_root() -> Path:
+    """The checkout holding train.py and data/prepare.py (the benchmarks run them as a user does)."""
+    here = Path(__file__).resolve()
+    return next((p for p in here.parents if (p / "train.py").is_file()), here.parent.parent)
+
+
+ROOT = _project_root()
+NO_BF16 = "skipped: no native bf16 on this CPU (emulated, it runs at ~1 GFLOP/s and would take minutes)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The machine: its name and the ceilings rows are compared with, probed in this run
+
+def machine() -> str:
+    return f"{flops.cpu_name()}, {torch.get_num_threads()} threads"
+
+
+def read_bandwidth(n_bytes: int = 256 << 20, seconds: float = 0.5) -> float:
+    """Best bytes/s of summing an fp32 tensor of `n_bytes` (8x a large L3 by default, so it streams from
+    memory): the ceiling of a decode step, which reads every weight once per token."""
+    x = torch.ones(n_bytes // 4)
+    x.sum()  # first touch and thread start-up
+    best, end = 0.0, time.perf_counter() + seconds
+    for _ in range(50):
+        t0 = time.perf_counter()
+        x.sum()
+        t1 = time.perf_counter()
+        best = max(best, x.numel() * 4 / (t1 - t0))
+        if t1 > end:
+            break
+    return best
+
+
+@dataclass
+class Ceilings:
+    """What this run measured the machine can do; None where not probed (or, for bf16, not native)."""
+
+    peaks: dict[str, float | None]  # dtype name -> matmul FLOP/s
+    bandwidth: float | None = None
+
+    @classmethod
+    def probe(cls, matmul: bool, bandwidth: bool, say=print) -> "Ceilings":
+        c = cls({"float32": None, "bfloat16": None})
+        if matmul:
+            c.peaks["float32"] = flops.matmul_peak(torch.float32)
+            c.peaks["bfloat16"] = flops.matmul_peak(torch.bfloat16) if flops.cpu_bf16_native() else None
+            bf16 = (f"{c.peaks['bfloat16'] / 1e9:,.0f} GFLOP/s" if c.peaks["bfloat16"]
+                    else "not probed (no native bf16 on this CPU)")
+            say(f"matmul peak, probed now: fp32 {c.peaks['float32'] / 1e9:,.0f} GFLOP/s, bf16 {bf16}")
+        if bandwidth:
+            c.bandwidth = read_bandwidth()
+            say(f"streaming read bandwidth, probed now: {c.bandwidth / 1e9:,.1f} GB/s")
+        return c
+
+
+def bandwidth_share(tokens_per_s: float, weight_bytes: int, bandwidth: float | None) -> float | None:
+    """Decode speed as a share of the bandwidth limit (bandwidth / bytes of weights read per token)."""
+    return tokens_per_s * weight_bytes / bandwidth if bandwidth else None
+
+
+def skip_reason(dtype_name: str) -> str | None:
+    """Why a variant in this dtype is not run on this CPU, or None to run it."""
+    return NO_BF16 if dtype_name == "bfloat16" and not flops.cpu_bf16_native() else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running a variant in a fresh process
+
+def _child(conn, fn, kwargs):
+    try:
+        result = fn(**kwargs)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send(result)
+    except Exception as e:  # report, do not hang the parent
+        conn.send({"error": f"{type(e).__name__}: {e}"})
+
+
+def isolated(fn, **kwargs) -> dict:
+    """Run `fn(**kwargs)` in a fresh process and return its result with that process's peak RSS."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_child, args=(child, fn, kwargs))
+    p.start()
+    child.close()  # ours: so a child that dies without sending ends recv() instead of blocking forever
+    try:
+        result = parent.recv()
+    except EOFError:
+        result = {"error": "the benchmark process died without a result (out of memory?)"}
+    p.join()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# train-*: full training steps
 
 # workload -> (preset, overrides, batch size); B*T >= 256 for gpt2 as the issue asks
 TRAIN_WORKLOADS = {
@@ -43,11 +154,10 @@ def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, 
     cfg = GPTConfig(**{**PRESETS[preset], **overrides, "dropout": 0.0})
     device = torch.device("cpu")
     runtime.setup_cpu_allocator(device)  # as train.py does
-    dtype = runtime.DTYPES[dtype_name]
     model = GPT(cfg)
-    opt = make_optimizer(model, 1e-4, 0.1, (0.9, 0.95), device)
+    opt_ = make_optimizer(model, 1e-4, 0.1, (0.9, 0.95), device)
     fwd = torch.compile(model) if compile_ else model
-    ctx = runtime.autocast(device, dtype)
+    ctx = runtime.autocast(device, runtime.DTYPES[dtype_name])
     T = cfg.block_size if preset != "gpt2" else 256
     x = torch.randint(0, cfg.vocab_size, (batch, T))
     y = torch.randint(0, cfg.vocab_size, (batch, T))
@@ -57,8 +167,8 @@ def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, 
             loss = lm_loss(fwd(x), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt_.step()
+        opt_.zero_grad(set_to_none=True)
 
     t0 = time.perf_counter()
     step()  # the first step includes compilation
@@ -71,51 +181,39 @@ def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, 
         step()
         times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
-    flops_per_token = model_flops_per_token(model, T)  # 6N + 12 L C T, see minigpt.flops
     tps = batch * T / (ms / 1000)
-    return {"tokens_per_s": tps, "ms_per_step": ms, "flops": flops_per_token * tps,
+    return {"tokens_per_s": tps, "ms_per_step": ms,
+            "flops_per_token": flops.model_flops_per_token(model, T),  # 6N + 12 L C T, see minigpt.flops
             "compile_s": max(0.0, first - ms / 1000) if compile_ else 0.0}
 
 
-def _child(conn, fn, kwargs):
-    try:
-        result = fn(**kwargs)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        conn.send(result)
-    except Exception as e:  # report, do not hang the parent
-        conn.send({"error": f"{type(e).__name__}: {e}"})
-
-
-def isolated(fn, **kwargs) -> dict:
-    """Run `fn(**kwargs)` in a fresh process and return its result with that process's peak RSS."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    p = ctx.Process(target=_child, args=(child, fn, kwargs))
-    p.start()
-    result = parent.recv()
-    p.join()
-    return result
-
-
-def run_train(name: str, quick: bool, peak_bf16: float) -> list[dict]:
+def run_train(name: str, quick: bool, ceilings: Ceilings) -> list[dict]:
     preset, overrides, batch = TRAIN_WORKLOADS[name]
     steps, warmup = (3, 1) if quick else (10, 3)
     rows, ref = [], None
     for variant, (dtype, compile_) in TRAIN_VARIANTS.items():
+        row = {"workload": name, "variant": variant}
+        if skip_reason(dtype):
+            rows.append({**row, "notes": skip_reason(dtype)})
+            continue
         r = isolated(train_step_bench, preset=preset, overrides=overrides, batch=batch, dtype_name=dtype,
                      compile_=compile_, steps=steps, warmup=warmup)
         if "error" in r:
-            rows.append({"workload": name, "variant": variant, "notes": r["error"]})
+            rows.append({**row, "notes": r["error"]})
             continue
         ref = ref or r["tokens_per_s"]
-        rows.append({"workload": name, "variant": variant, "tokens_per_s": r["tokens_per_s"],
-                     "ms_per_step": r["ms_per_step"], "ratio": r["tokens_per_s"] / ref,
-                     "mfu": r["flops"] / peak_bf16, "peak_rss_mb": r["peak_rss_mb"],
+        peak = ceilings.peaks.get(dtype)
+        rows.append({**row, "tokens_per_s": r["tokens_per_s"], "ms_per_step": r["ms_per_step"],
+                     "ratio": r["tokens_per_s"] / ref, "peak_rss_mb": r["peak_rss_mb"],
+                     "mfu": flops.mfu(r["flops_per_token"], r["tokens_per_s"], peak) if peak else None,
                      "notes": f"compile {r['compile_s']:.0f}s" if compile_ else ""})
     return rows
 
 
-# generate-gpt2: GPT-2 124M (random weights, built here), batch 1, a 16-token prompt, greedy
+# ---------------------------------------------------------------------------------------------------
+# generate-gpt2: decoding, against transformers and against the bandwidth limit
+
+# GPT-2 124M (random weights, built here), batch 1, a 16-token prompt, greedy
 GENERATE_VARIANTS = {  # variant -> (engine, dtype); the first is the reference
     "transformers generate fp32": ("transformers", "float32"),
     "minigpt fp32 (KV cache)": ("minigpt", "float32"),
@@ -123,15 +221,21 @@ GENERATE_VARIANTS = {  # variant -> (engine, dtype); the first is the reference
 }
 
 
+def decode_weight_bytes(config: GPTConfig, dtype_name: str, tied: bool = True) -> int:
+    """Bytes of weights one decoded token reads: every matmul parameter once (the position embedding is a
+    one-row lookup); the KV cache's reads are left out (small next to GPT-2's weights at these lengths)."""
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in GPT(config).parameters())
+    return flops.matmul_params(n_params, config, tied) * runtime.DTYPES[dtype_name].itemsize
+
+
 def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: int, reps: int) -> dict:
     """Best-of-`reps` tokens/s of greedy generation with GPT-2 124M's shape; the same weights in every process."""
-    from .generate import generate
-
     torch.manual_seed(0)
     model = GPT(GPTConfig(**PRESETS["gpt2"])).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
     if engine == "transformers":
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel  # optional, and seconds to import
 
         from . import hf
 
@@ -156,68 +260,95 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
     return {"tokens_per_s": best, "ms_per_step": 1000 / best, "tokens": out[0, prompt_len:].tolist()}
 
 
-def run_generate(quick: bool) -> list[dict]:
+def run_generate(quick: bool, ceilings: Ceilings) -> list[dict]:
     new_tokens, reps = (64, 1) if quick else (256, 3)
     rows, ref = [], None
     for variant, (engine, dtype) in GENERATE_VARIANTS.items():
+        row = {"workload": "generate-gpt2", "variant": variant}
+        if skip_reason(dtype):
+            rows.append({**row, "notes": skip_reason(dtype)})
+            continue
         r = isolated(generate_bench, engine=engine, dtype_name=dtype, prompt_len=16, new_tokens=new_tokens, reps=reps)
         if "error" in r:
-            rows.append({"workload": "generate-gpt2", "variant": variant, "notes": r["error"]})
+            rows.append({**row, "notes": r["error"]})
             continue
         ref = ref or r
         same = sum(a == b for a, b in zip(r["tokens"], ref["tokens"]))
-        rows.append({"workload": "generate-gpt2", "variant": variant, "tokens_per_s": r["tokens_per_s"],
-                     "ms_per_step": r["ms_per_step"], "ratio": r["tokens_per_s"] / ref["tokens_per_s"],
-                     "peak_rss_mb": r["peak_rss_mb"],
-                     "notes": f"{new_tokens} new tokens; greedy tokens equal to the reference's: {same}/{new_tokens}"})
+        weight_bytes = decode_weight_bytes(GPTConfig(**PRESETS["gpt2"]), dtype)
+        rows.append({**row, "tokens_per_s": r["tokens_per_s"], "ms_per_step": r["ms_per_step"],
+                     "ratio": r["tokens_per_s"] / ref["tokens_per_s"], "peak_rss_mb": r["peak_rss_mb"],
+                     "bandwidth": bandwidth_share(r["tokens_per_s"], weight_bytes, ceilings.bandwidth),
+                     "notes": f"{new_tokens} new tokens, {weight_bytes / 1e6:,.0f} MB of weights read per token; "
+                              f"greedy tokens equal to the reference's: {same}/{new_tokens}"})
     return rows
 
 
-SPEEDRUN_CONFIG = "configs/speedrun_cpu.toml"
-TINYSHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"
+# ---------------------------------------------------------------------------------------------------
+# speedrun-cpu: the CPU speedrun against the recipe it beats, run here too
+
+SPEEDRUN = {  # variant -> config; the first is the in-run reference
+    "reference configs/baby.toml": "configs/baby.toml",
+    "speedrun configs/speedrun_cpu.toml": "configs/speedrun_cpu.toml",
+}
 
 
-def run_speedrun(quick: bool, runs: int = 3) -> list[dict]:
-    """Wall time of `python train.py configs/speedrun_cpu.toml` (launch to saved checkpoint) and its loss
-    over the whole tinyshakespeare val split; prepares the data from ../shared if needed."""
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
+def tinyshakespeare_input(data_dir: str) -> Path:
+    """tinyshakespeare's input.txt under --data_dir, else $MINIGPT_SHARED (either the folder holding
+    tinyshakespeare/ or its parent holding data/tinyshakespeare/)."""
+    base = data_dir or os.environ.get("MINIGPT_SHARED", "")
+    for cand in ((Path(base) / "tinyshakespeare" / "input.txt", Path(base) / "data" / "tinyshakespeare" / "input.txt")
+                 if base else ()):
+        if cand.is_file():
+            return cand
+    where = f"no tinyshakespeare/input.txt under {base}" if base else "--data_dir is not set (nor MINIGPT_SHARED)"
+    raise UserError(f"speedrun-cpu needs tinyshakespeare and {where}; pass --data_dir=FOLDER holding "
+                    f"tinyshakespeare/input.txt, or prepare it with `python data/prepare.py tinyshakespeare`")
 
-    from . import checkpoint
-    from .data import TokenDataset, resolve_dataset
-    from .evaluate import evaluate_split
 
-    if not Path("data/tinyshakespeare/meta.json").is_file():
-        if not Path(TINYSHAKESPEARE).is_file():
-            raise UserError("speedrun-cpu needs tinyshakespeare: run `python data/prepare.py tinyshakespeare` "
-                            "(or with --input FILE)")
-        subprocess.run([sys.executable, "data/prepare.py", "tinyshakespeare", "--input", TINYSHAKESPEARE], check=True)
-    rows = []
-    for i in range(1 if quick else runs):
-        out = Path(tempfile.mkdtemp(prefix="speedrun-"))
-        cmd = [sys.executable, "train.py", SPEEDRUN_CONFIG, f"--out_dir={out}", "--plot=false"]
-        if quick:
-            cmd.append("--max_iters=50")
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wall = time.perf_counter() - t0
-        model, _, state = checkpoint.load_model(out)
-        val = TokenDataset(resolve_dataset(state["dataset"])).splits["val"]
-        loss, _ = evaluate_split(model, val, batch_size=64)
-        rows.append({"workload": "speedrun-cpu", "variant": f"run {i + 1}", "ms_per_step": None,
-                     "notes": f"wall {wall:.1f}s, full-val loss {loss:.4f} (target <= 1.898; nanoGPT: 134 s)"})
+def speedrun_dataset(data_dir: str, tmp: Path) -> Path:
+    """The prepared tinyshakespeare: the project's data/tinyshakespeare if there, else prepared into `tmp`."""
+    prepared = ROOT / "data" / "tinyshakespeare"
+    if (prepared / "meta.json").is_file():
+        return prepared
+    out = tmp / "tinyshakespeare"
+    subprocess.run([sys.executable, str(ROOT / "data" / "prepare.py"), "tinyshakespeare", "--input",
+                    str(tinyshakespeare_input(data_dir)), "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def run_speedrun(quick: bool, data_dir: str, runs: int = 3) -> list[dict]:
+    """Wall time of `python train.py CONFIG` (launch to saved checkpoint) and its loss over the whole
+    tinyshakespeare val split, for the reference recipe (nanoGPT's baby run) and for the speedrun."""
+    rows, ref = [], None
+    with tempfile.TemporaryDirectory(prefix="bench-speedrun-") as tmp:
+        dataset = speedrun_dataset(data_dir, Path(tmp))
+        for variant, config in SPEEDRUN.items():
+            n_runs = 1 if quick or config == "configs/baby.toml" else runs
+            for i in range(n_runs):
+                out = Path(tmp) / f"out-{len(rows)}"
+                cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / config), f"--out_dir={out}",
+                       f"--dataset={dataset}", "--plot=false"] + (["--max_iters=50"] if quick else [])
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                wall = time.perf_counter() - t0
+                row = {"workload": "speedrun-cpu", "variant": variant + (f", run {i + 1}" if n_runs > 1 else "")}
+                if proc.returncode:
+                    rows.append({**row, "notes": f"train.py failed: {proc.stderr.strip().splitlines()[-1:]}"})
+                    continue
+                model, _, state = checkpoint.load_model(out)
+                loss, _ = evaluate_split(model, TokenDataset(resolve_dataset(state["dataset"])).splits["val"], 64)
+                ref = ref or wall
+                rows.append({**row, "ms_per_step": None, "ratio": ref / wall,
+                             "notes": f"wall {wall:.1f}s launch to checkpoint, full-val loss {loss:.4f} "
+                                      f"(target <= 1.898; nanoGPT's baby run: 134 s)"})
     return rows
 
+
+# ---------------------------------------------------------------------------------------------------
+# prepare: GPT-2 BPE preparation speed and memory
 
 def make_text_corpus(folder, n_bytes: int, seed: int = 0):
     """About `n_bytes` of text in ~5 MB files: the bundled plays, each copy with its speeches shuffled."""
-    import random
-    from pathlib import Path
-
-    from .corpus import shakespeare
-
     speeches = shakespeare().text.split("\n\n")
     rng, folder, written, i = random.Random(seed), Path(folder), 0, 0
     folder.mkdir(parents=True, exist_ok=True)
@@ -231,8 +362,6 @@ def make_text_corpus(folder, n_bytes: int, seed: int = 0):
 
 def _tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, from /proc (Linux)."""
-    from pathlib import Path
-
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
@@ -249,23 +378,20 @@ def _tree_rss_mb(pid: int) -> float:
 def prepare_bench(source: str, num_proc: int, out: str) -> dict:
     """Run `python data/prepare.py SOURCE --tokenizer=gpt2` as a user does (start-up included): throughput,
     peak RSS of its whole process tree (sampled) and of its largest single process (getrusage)."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "data" / "prepare.py"
-    cmd = [sys.executable, str(script), source, "--tokenizer=gpt2", f"--num_proc={num_proc}", "--out", out,
-           "--overwrite"]
+    cmd = [sys.executable, str(ROOT / "data" / "prepare.py"), source, "--tokenizer=gpt2", f"--num_proc={num_proc}",
+           "--out", out, "--overwrite"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tree = 0.0
-    while proc.poll() is None:
-        tree = max(tree, _tree_rss_mb(proc.pid))
-        time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed with status {proc.returncode}")
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        tree = 0.0
+        while proc.poll() is None:
+            tree = max(tree, _tree_rss_mb(proc.pid))
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            err.seek(0)
+            last = [ln for ln in err.read().replace("\r", "\n").splitlines() if ln.strip()][-1:]
+            raise RuntimeError(f"data/prepare.py failed with status {proc.returncode}: {' '.join(last)}")
     meta = json.loads((Path(out) / "meta.json").read_text())
     return {"wall_s": wall, "tokens_per_s": (meta["train_tokens"] + meta["val_tokens"]) / wall,
             "mb_per_s": (meta["train_bytes"] + meta["val_bytes"]) / 1e6 / wall, "tree_peak_mb": tree,
@@ -275,32 +401,29 @@ def prepare_bench(source: str, num_proc: int, out: str) -> dict:
 def run_prepare(quick: bool) -> list[dict]:
     """GPT-2 BPE preparation: --num_proc=2 vs the --num_proc=1 reference on the same text, then the peak
     memory of preparing ~2 GB of text (~50 MB with --quick)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     rows, ref = [], None
     try:
         small, n_small = make_text_corpus(tmp / "small", 50_000_000 if quick else 300_000_000)
         for num_proc in (1, 2):
+            row = {"workload": "prepare", "variant": f"gpt2 num_proc={num_proc}"}
             r = isolated(prepare_bench, source=str(small), num_proc=num_proc, out=str(tmp / f"out{num_proc}"))
             if "error" in r:
-                rows.append({"workload": "prepare", "variant": f"gpt2 num_proc={num_proc}", "notes": r["error"]})
+                rows.append({**row, "notes": r["error"]})
                 continue
             ref = ref or r["tokens_per_s"]
-            rows.append({"workload": "prepare", "variant": f"gpt2 num_proc={num_proc}", "tokens_per_s": r["tokens_per_s"],
-                         "ratio": r["tokens_per_s"] / ref, "peak_rss_mb": r["tree_peak_mb"],
+            rows.append({**row, "tokens_per_s": r["tokens_per_s"], "ratio": r["tokens_per_s"] / ref,
+                         "peak_rss_mb": r["tree_peak_mb"],
                          "notes": f"{r['mb_per_s']:.1f} MB/s of text, {n_small / 1e6:,.0f} MB corpus, "
                                   f"{r['wall_s']:.0f}s with start-up"})
             shutil.rmtree(tmp / f"out{num_proc}", ignore_errors=True)
         big, n_big = (small, n_small) if quick else make_text_corpus(tmp / "big", 2_000_000_000, seed=1)
+        row = {"workload": "prepare", "variant": "memory, num_proc=2"}
         r = isolated(prepare_bench, source=str(big), num_proc=2, out=str(tmp / "big_out"))
         if "error" in r:
-            rows.append({"workload": "prepare", "variant": "memory, num_proc=2", "notes": r["error"]})
+            rows.append({**row, "notes": r["error"]})
         else:
-            rows.append({"workload": "prepare", "variant": "memory, num_proc=2", "tokens_per_s": r["tokens_per_s"],
-                         "peak_rss_mb": r["tree_peak_mb"],
+            rows.append({**row, "tokens_per_s": r["tokens_per_s"], "peak_rss_mb": r["tree_peak_mb"],
                          "notes": f"{n_big / 1e9:.2f} GB of text in {r['wall_s']:.0f}s; RSS of the whole process tree "
                                   f"(sampled), largest single process {r['largest_process_mb']:,.0f} MB; "
                                   f"target < 1024 MB"})
@@ -309,44 +432,66 @@ def run_prepare(quick: bool) -> list[dict]:
     return rows
 
 
-def format_rows(rows: list[dict]) -> str:
-    cols = ["workload", "variant", "tokens/s", "ms/step", "vs reference", "MFU (bf16 peak)", "peak RSS MB", "notes"]
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    f = lambda v, fmt: (fmt.format(v) if isinstance(v, (int, float)) else "")  # noqa: E731
+# ---------------------------------------------------------------------------------------------------
+# The table and the command line
+
+COLUMNS = ["workload", "variant", "machine", "tokens/s", "ms/step", "vs reference", "MFU", "of bandwidth limit",
+           "peak RSS MB", "notes"]
+
+
+def format_rows(rows: list[dict], machine_name: str) -> str:
+    """A markdown table; every row names the machine it ran on. MFU is against the probed matmul peak of the
+    row's dtype; 'of bandwidth limit' is decode speed over probed bandwidth / weight bytes per token."""
+    def f(v, fmt):
+        return fmt.format(v) if isinstance(v, (int, float)) and math.isfinite(v) else ""
+
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         out.append("| " + " | ".join([
-            r.get("workload", ""), r.get("variant", ""), f(r.get("tokens_per_s"), "{:,.1f}"),
+            r.get("workload", ""), r.get("variant", ""), machine_name, f(r.get("tokens_per_s"), "{:,.1f}"),
             f(r.get("ms_per_step"), "{:,.1f}"), f(r.get("ratio"), "{:.2f}x"), f(r.get("mfu"), "{:.1%}"),
-            f(r.get("peak_rss_mb"), "{:,.0f}"), r.get("notes", "") or "",
+            f(r.get("bandwidth"), "{:.0%}"), f(r.get("peak_rss_mb"), "{:,.0f}"), r.get("notes", "") or "",
         ]) + " |")
     return "\n".join(out)
 
 
-WORKLOADS = {
-    "train-baby": lambda quick, peak: run_train("train-baby", quick, peak),
-    "train-gpt2": lambda quick, peak: run_train("train-gpt2", quick, peak),
-    "generate-gpt2": lambda quick, peak: run_generate(quick),
-    "speedrun-cpu": lambda quick, peak: run_speedrun(quick),
-    "prepare": lambda quick, peak: run_prepare(quick),
+WORKLOADS = {  # name -> (run(settings, ceilings), needs the matmul peaks, needs the bandwidth)
+    "train-baby": (lambda s, c: run_train("train-baby", s.quick, c), True, False),
+    "train-gpt2": (lambda s, c: run_train("train-gpt2", s.quick, c), True, False),
+    "generate-gpt2": (lambda s, c: run_generate(s.quick, c), False, True),
+    "speedrun-cpu": (lambda s, c: run_speedrun(s.quick, s.data_dir), False, False),
+    "prepare": (lambda s, c: run_prepare(s.quick), False, False),
 }
 
 
+@dataclass
+class BenchConfig:
+    workloads: list[str] = opt([], f"workloads to run, as bare arguments or repeated: {', '.join(WORKLOADS)} "
+                                   "(none given: all)")
+    quick: bool = opt(False, "fewer steps: a smoke run, not a measurement")
+    data_dir: str = opt("", "folder holding tinyshakespeare/input.txt, for speedrun-cpu when data/tinyshakespeare "
+                            "is not prepared; default $MINIGPT_SHARED")
+
+
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.splitlines()[0])
-    p.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default: all)")
-    p.add_argument("--quick", action="store_true", help="fewer steps: a smoke run, not a measurement")
-    args = p.parse_args(argv)
-    names = args.workloads or list(WORKLOADS)
+    cfg = parse_cli(argv, {"bench": BenchConfig}, "python -m minigpt.bench", __doc__.splitlines()[0],
+                    positional="workloads")
+    s = cfg.bench
+    names = s.workloads or list(WORKLOADS)
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise UserError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"matmul peak (2048^2): fp32 {peak32 / 1e9:,.0f} GFLOP/s, bf16 {peak16 / 1e9:,.0f} GFLOP/s\n")
+    if "speedrun-cpu" in names and not (ROOT / "data" / "tinyshakespeare" / "meta.json").is_file():
+        tinyshakespeare_input(s.data_dir)  # fail now, not after the other workloads
+    name = machine()
+    print(f"machine: {name}, torch {torch.__version__}", flush=True)
+    ceilings = Ceilings.probe(matmul=any(WORKLOADS[n][1] for n in names),
+                              bandwidth=any(WORKLOADS[n][2] for n in names), say=lambda m: print(m, flush=True))
     rows = []
-    for name in names:
-        rows += WORKLOADS[name](args.quick, peak16)
-        print(format_rows(rows), "\n", flush=True)
+    for n in names:
+        print(f"\nrunning {n}{' (quick)' if s.quick else ''}...", flush=True)
+        rows += WORKLOADS[n][0](s, ceilings)
+        print(format_rows(rows, name), flush=True)
     return 0
 
 

@@ -302,6 +302,8 @@ def parse_cli(argv: list[str], sections: dict[str, type], prog: str, about: str,
                 overrides.setdefault(key, []).append(value)
             else:
                 overrides[key] = value
+        elif positional is not None and typing.get_origin(hints.get(positional)) is list:
+            overrides.setdefault(positional, []).append(arg)  # a list positional takes every bare argument
         elif positional is not None and positional not in overrides:
             overrides[positional] = arg
         elif positional is None and file is None:

@@ -20,23 +20,23 @@ lookup; its twin the LM head is a matmul and counts). With the tied head of GPT-
 gpt2). Biases and norms are counted too: under 0.1% and it keeps N a plain count. Kaplan et al. drop
 all embeddings instead, which undercounts small models whose LM head is a large share of the work.
 
-MFU = (FLOPs per token x tokens per second) / peak FLOP/s. Peaks: a table of dense bf16 tensor-core
-figures for common GPUs (as nanoGPT uses the A100's 312 TFLOP/s whatever the precision), and on a CPU
-the best rate of a large matmul in the training dtype, measured once and cached in
-~/.cache/minigpt/peak.json (or $MINIGPT_CACHE) per CPU model, thread count, torch version and dtype.
+MFU = (FLOPs per token x tokens per second) / peak FLOP/s, never shown above 100%. Peaks: a table of
+dense bf16 tensor-core figures for common GPUs (as nanoGPT uses the A100's 312 TFLOP/s whatever the
+precision), and on a CPU the best rate of a large matmul in the training dtype, probed in the same run
+(about half a second; never cached, so a peak measured under another load cannot outlive it). bf16 is
+not probed on a CPU without native bf16: emulated, it runs at ~1 GFLOP/s and the probe would take minutes.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
+import subprocess
+import sys
 import time
-from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write_json
+from . import runtime
 from .model import GPTConfig
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from the vendors' datasheets. Matched against
@@ -84,67 +84,118 @@ def inference_flops_per_token(n: int, config: GPTConfig, T: int | None = None) -
 
 
 def model_flops_per_token(model: torch.nn.Module, T: int | None = None) -> int:
-    """Training FLOPs per token of a GPT module (counted from its parameters, a tied tensor once)."""
-    from .params import count_params
-
-    c = count_params(model)
-    return train_flops_per_token(matmul_params(c.total, model.config, c.tied), model.config, T)
+    """Training FLOPs per token of a GPT module, from its parameter count (`parameters()` lists a tied
+    tensor once) and config; no table of minigpt.params needed, so that module may import this one."""
+    n_params = sum(p.numel() for p in model.parameters())
+    tied = model.lm_head.weight is model.transformer.wte.weight
+    return train_flops_per_token(matmul_params(n_params, model.config, tied), model.config, T)
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak: float) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s as a share of the peak."""
-    return flops_per_token * tokens_per_s / peak
+    """Model FLOPs utilisation: achieved model FLOP/s as a share of the peak, never above 1.
+
+    A run faster than the peak means the peak was under-measured (probed while other work shared the
+    cores), not that the hardware did the impossible: it is said once on stderr and the MFU shown is 100%."""
+    achieved = flops_per_token * tokens_per_s
+    if achieved <= peak:
+        return achieved / peak
+    if peak not in _said_under_measured:
+        _said_under_measured.add(peak)
+        print(f"note: this run reached {achieved / 1e9:,.1f} GFLOP/s, more than the probed peak of "
+              f"{peak / 1e9:,.1f}: the peak was under-measured (probed while the machine was busy), so MFU "
+              f"shows 100%", file=sys.stderr)
+    return 1.0
+
+
+_said_under_measured: set[float] = set()
 
 
 def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo (or lscpu) names it, with the vector extensions that decide its
+    matmul speed (AMX, AVX512-BF16, AVX-512, AVX2): two machines with one name can differ there."""
+    name, flags = "", set()
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    if not name:
+        try:
+            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+            name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    name = name or platform.processor() or "unknown CPU"
+    isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return f"{name} ({', '.join(isa)})" if isa else name
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 20) -> float:
-    """Best FLOP/s of an n x n matmul in `dtype` on the CPU: the ceiling MFU is measured against.
+def cpu_bf16_native() -> bool:
+    """Whether bf16 matmuls run natively on this CPU (oneDNN's check: AVX-512 or AMX or Arm bf16). Without
+    it they are emulated at ~1 GFLOP/s (AVX2-only CPUs), which makes bf16 pointless to probe or to train in."""
+    return runtime._cpu_has_bf16()
 
-    Several warm-ups first: AMX (bf16 on recent Xeons) reached only a third of its speed on the first
-    calls here, which made the peak, and so every MFU, off by 3x."""
+
+PROBE_SECONDS = 0.5
+
+
+def probe_size(seconds_at, budget: float = PROBE_SECONDS, largest: int = 2048) -> int:
+    """The matrix size to probe with: double from 256 while one matmul (`seconds_at(n)` times it) takes
+    under a tenth of the budget, up to `largest`. A slow dtype stops at a small matmul instead of taking
+    minutes over a big one; a fast one reaches the size that shows its peak."""
+    n = 256
+    while n < largest and seconds_at(n) < budget / 10:
+        n *= 2
+    return n
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = PROBE_SECONDS, largest: int = 2048) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on the CPU, measured now in about `seconds`: the
+    ceiling MFU is measured against. Probed in the run that uses it, never cached, so a figure taken
+    under another load cannot outlive it.
+
+    Warm-ups first: AMX (bf16 on recent Xeons) ran at a third of its speed on its first calls here,
+    which made every MFU off by 3x."""
     g = torch.Generator().manual_seed(0)  # its own generator: probing must not move training's random stream
-    a, b = torch.randn(n, n, generator=g, dtype=dtype), torch.randn(n, n, generator=g, dtype=dtype)
-    for _ in range(3):  # warm-up
-        a @ b
-    best = 0.0
-    for _ in range(reps):
+
+    def pair(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(n, n, generator=g, dtype=dtype), torch.randn(n, n, generator=g, dtype=dtype)
+
+    def seconds_at(n: int) -> float:
+        a, b = pair(n)
         t0 = time.perf_counter()
         a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+        return time.perf_counter() - t0
+
+    seconds_at(256)  # first call: library start-up
+    n = probe_size(seconds_at, seconds, largest)
+    a, b = pair(n)
+    for _ in range(3):
+        a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    for _ in range(100):
+        t0 = time.perf_counter()
+        a @ b
+        t1 = time.perf_counter()
+        best = max(best, 2 * n**3 / (t1 - t0))
+        if t1 > end:
+            break
     return best
 
 
-def cache_file() -> Path:
-    return Path(os.environ.get("MINIGPT_CACHE", Path.home() / ".cache" / "minigpt")) / "peak.json"
-
-
-def cpu_peak(dtype: torch.dtype, path: Path | None = None) -> tuple[float, bool]:
-    """(FLOP/s, whether it came from the cache): the CPU matmul peak for this machine and setup, probed
-    once (about a second) and then read from the cache."""
-    path = path or cache_file()
-    key = f"{cpu_name()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {dtype}"
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    if isinstance(cache.get(key), (int, float)):
-        return float(cache[key]), True
+def cpu_peak(dtype: torch.dtype) -> tuple[float | None, str]:
+    """(FLOP/s or None, what it is): the CPU matmul peak in `dtype`, probed now; None for an emulated bf16."""
+    threads = f"{torch.get_num_threads()} threads"
+    if dtype is torch.bfloat16 and not cpu_bf16_native():
+        return None, (f"{cpu_name()}, {threads}: no bf16 peak, this CPU has no native bf16 (AVX-512 or AMX) "
+                      "and emulated bf16 is not worth measuring; MFU not reported")
     peak = matmul_peak(dtype)
-    cache[key] = peak
-    try:
-        atomic_write_json(path, cache)
-    except OSError:
-        pass  # a read-only home: measure again next time
-    return peak, False
+    return peak, (f"{cpu_name()}, {threads}, {peak / 1e9:,.0f} GFLOP/s "
+                  f"{str(dtype).removeprefix('torch.')} matmul peak (probed now)")
 
 
 def gpu_peak(name: str) -> float | None:
@@ -161,8 +212,5 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float | None,
             return None, f"{name} is not in minigpt.flops.GPU_PEAKS; MFU not reported"
         return peak, f"{name}, {peak / 1e12:,.0f} TFLOP/s dense bf16 (datasheet)"
     if device.type == "cpu":
-        peak, cached = cpu_peak(dtype)
-        how = f"cached in {cache_file()}" if cached else "measured now, cached"
-        return peak, (f"{cpu_name()}, {torch.get_num_threads()} threads, {peak / 1e9:,.0f} GFLOP/s "
-                      f"{str(dtype).removeprefix('torch.')} matmul peak ({how})")
+        return cpu_peak(dtype)
     return None, f"no peak known for {device.type}; MFU not reported"

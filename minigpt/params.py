@@ -7,7 +7,7 @@ never drift from the model. For big presets the model is built on the `meta` dev
 
     python -m minigpt.params gpt2                       # a preset: per-block table, per head, memory
     python -m minigpt.params configs/baby.toml --n_layer=8
-    python -m minigpt.params --out_dir=out              # the model of a checkpoint
+    python -m minigpt.params out                        # the model of a checkpoint (or --out_dir=out)
     python -m minigpt.params gpt3 --matrices_only       # GPT-3 matrix by matrix, as 3Blue1Brown counts it
     python -m minigpt.params gpt2 --format=json         # for scripts
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint, flops
-from .config import PRESETS, opt, parse_cli, train_sections
+from .config import build_config, opt, parse_cli, train_sections
 from .data import TokenDataset, resolve_dataset
 from .errors import UserError, run_cli
 from .model import GPT, GPTConfig
@@ -39,7 +39,9 @@ _KIND = {  # parameter-name fragment inside a block -> column
 # No biases, norms or position embeddings; the unembedding is its own row even when tied.
 MATRIX_KINDS = ("embedding", "key", "query", "value", "output", "up-projection", "down-projection", "unembedding")
 _MATRIX = {"attn.c_proj.weight": "output", "mlp.c_fc.weight": "up-projection", "mlp.c_proj.weight": "down-projection"}
-HEAD_PARTS = ("query", "key", "value", "output")
+# One head's share of a block's attention, named as 3Blue1Brown factors it: the value map is value-up
+# after value-down (C -> hs -> C), and the heads' value-ups side by side are the output matrix.
+HEAD_PARTS = ("query", "key", "value-down", "value-up")
 
 
 @dataclass
@@ -98,14 +100,31 @@ def count_params(model: GPT) -> ParamCounts:
 
 
 def _per_head(model: GPT) -> dict[str, int]:
-    """One head's share of one block's attention: its rows of W_q, W_k, W_v (and their biases), its
-    columns of W_o. The output bias (C numbers) belongs to no single head and is left out."""
+    """One head's share of one block's attention: its rows of W_q, W_k, W_v (and their biases; W_v's rows
+    are its value-down) and its columns of W_o (its value-up). The output bias (C numbers) belongs to no
+    single head and is left out."""
     if not len(model.transformer.h):
         return dict.fromkeys(HEAD_PARTS, 0)
     attn, nh = model.transformer.h[0].attn, model.config.n_head
     qkv = attn.c_attn.weight.numel() + (attn.c_attn.bias.numel() if attn.c_attn.bias is not None else 0)
-    return {"query": qkv // 3 // nh, "key": qkv // 3 // nh, "value": qkv // 3 // nh,
-            "output": attn.c_proj.weight.numel() // nh}
+    return {"query": qkv // 3 // nh, "key": qkv // 3 // nh, "value-down": qkv // 3 // nh,
+            "value-up": attn.c_proj.weight.numel() // nh}
+
+
+def attention_per_block(c: ParamCounts) -> dict[str, int]:
+    """One block's attention parameters (W_q, W_k, W_v, W_o), with and without biases: 3Blue1Brown's
+    "around 600 million" per block of GPT-3."""
+    if not c.blocks:
+        return {"with_biases": 0, "weights": 0}
+    weights = sum(c.matrices[k] for k in ("query", "key", "value", "output")) // len(c.blocks)
+    return {"with_biases": c.blocks[0]["attn qkv"] + c.blocks[0]["attn out"], "weights": weights}
+
+
+def attention_pattern(config: GPTConfig) -> dict[str, int]:
+    """Scores in the attention pattern of one full sequence (T x T per head, summed over heads and
+    layers): activations, not parameters, and they grow with the square of the context."""
+    per_head = config.block_size**2
+    return {"per_head": per_head, "per_sequence": per_head * config.n_head * config.n_layer}
 
 
 def count_config(config: GPTConfig, untied: bool = False) -> ParamCounts:
@@ -163,6 +182,9 @@ def format_table(c: ParamCounts) -> str:
     """A plain-text table: one row per block (runs of identical blocks merged), then embeddings, final
     norm, head and totals with their share of the total."""
     out = _columns(["block", *BLOCK_COLUMNS, "total"], _block_rows(c))
+    attn = attention_per_block(c)
+    out.append(f"attention of one block (attn qkv + attn out): {attn['with_biases']:,} parameters, "
+               f"{attn['weights']:,} in its weight matrices")
     blocks_total = sum(sum(b.values()) for b in c.blocks)
     summary = [
         ("token embedding (wte)", c.wte),
@@ -181,14 +203,26 @@ def format_table(c: ParamCounts) -> str:
 
 
 def format_per_head(c: ParamCounts, config: GPTConfig) -> str:
-    hs = config.n_embd // config.n_head
+    """One head's parameters with 3Blue1Brown's value-down / value-up factoring, then the size of the
+    attention pattern. Shapes are (out x in), as nn.Linear stores them and the lecture draws them."""
+    hs, C, L = config.n_embd // config.n_head, config.n_embd, len(c.blocks)
     b = "" if not config.bias else " + bias"
-    shapes = {"query": f"C x hs{b}", "key": f"C x hs{b}", "value": f"C x hs{b}", "output": "hs x C"}
+    shapes = {"query": f"hs x C{b}", "key": f"hs x C{b}", "value-down": f"hs x C{b}", "value-up": "C x hs"}
+    what = {"query": "its rows of W_q", "key": "its rows of W_k", "value-down": "its rows of W_v: C -> hs",
+            "value-up": "its columns of the output matrix W_o: hs -> C"}
     rows = [[part, shapes[part], f"{c.per_head[part]:,}"] for part in HEAD_PARTS]
     rows.append(["one head", "", f"{sum(c.per_head.values()):,}"])
-    rows.append([f"all {c.n_head * len(c.blocks)} heads", "", f"{sum(c.per_head.values()) * c.n_head * len(c.blocks):,}"])
-    head = f"per head (n_head {config.n_head}, head size hs {hs}, C {config.n_embd}; the output bias is shared):"
-    return "\n".join([head] + _columns(["", "shape", "parameters"], rows, left=2))
+    rows.append([f"all {c.n_head * L:,} heads", "", f"{sum(c.per_head.values()) * c.n_head * L:,}"])
+    table = _columns(["", "shape", "parameters"], rows, left=2)
+    table[2:2 + len(HEAD_PARTS)] = [f"{line}  {what[part]}" for line, part in zip(table[2:], HEAD_PARTS)]
+    T, pattern = config.block_size, attention_pattern(config)
+    return "\n".join([
+        f"per head (n_head {config.n_head}, head size hs {hs}, C {C}; the output bias is shared):",
+        *table,
+        f"the {config.n_head} heads' value-ups side by side (C x hs each) are the output matrix W_o (C x C)",
+        f"attention pattern per sequence: T x T = {T:,}^2 = {pattern['per_head']:,} scores per head; "
+        f"x {config.n_head} heads x {L} layers = {pattern['per_sequence']:,} (activations, not parameters)",
+    ])
 
 
 def format_tying(c: ParamCounts) -> str:
@@ -254,6 +288,7 @@ def report(c: ParamCounts, config: GPTConfig) -> str:
 def to_json(c: ParamCounts, config: GPTConfig) -> dict:
     d = asdict(c)
     d.update(untied_total=c.untied_total, matrices_total=sum(c.matrices.values()), memory=memory(c.total),
+             attention_per_block=attention_per_block(c), attention_pattern=attention_pattern(config),
              flops_per_token=flops_per_token(c, config), model_config=asdict(config))
     return d
 
@@ -267,27 +302,48 @@ def describe(model: nn.Module) -> str:
 
 @dataclass
 class ParamsConfig:
+    source: str = opt("", "what to count: a preset name (gpt2), a .toml config file, or a checkpoint (a file, "
+                          "or a folder holding ckpt.pt); empty counts --out_dir's checkpoint if given, else the "
+                          "--key=value settings")
     format: str = opt("text", "'text' (tables) or 'json' (for scripts)")
     matrices_only: bool = opt(False, "weight matrices only, one row per kind (3Blue1Brown's GPT-3 count)")
     untied: bool = opt(False, "count the LM head as its own matrix instead of tied to the token embedding")
 
 
-ABOUT = ("Parameter tables for a preset, a config file, --key=value overrides, or a checkpoint (--out_dir): "
-         "per block, per head, tying, memory; --matrices_only for the per-matrix view.")
+ABOUT = ("Parameter tables for a preset, a config file or a checkpoint, with --key=value overrides: per block, "
+         "per head, tying, memory, FLOPs per token; --matrices_only for the per-matrix view.")
+SECTIONS = {**train_sections(), "params": ParamsConfig}
 
 
-def _model_config(cfg, argv: list[str]) -> tuple[GPTConfig, str]:
-    """(model config, where it came from): a checkpoint when --out_dir is on the command line, else the
-    merged preset/file/overrides, with the vocabulary of the configured dataset when it is prepared."""
-    if any(a.startswith("--out_dir") for a in argv):
-        shape_keys = cfg.explicit & ({"preset"} | set(GPTConfig.__dataclass_fields__))
-        if shape_keys:
-            raise UserError(f"--out_dir counts the checkpoint's own model; drop {', '.join(sorted(shape_keys))}")
-        state = checkpoint.load(cfg.train.out_dir)
-        try:
-            return GPTConfig(**state["model_config"]), f"checkpoint {checkpoint.find(cfg.train.out_dir)}"
-        except (TypeError, ValueError) as e:
-            raise UserError(f"the checkpoint's model config is invalid ({e})") from None
+def _overrides(cfg) -> dict:
+    """The settings given on the command line, as typed values (to merge them again over a file or preset)."""
+    return {k: getattr(sec, k) for sec in cfg.sections.values() for k in cfg.explicit if hasattr(sec, k)}
+
+
+def _checkpoint_config(cfg, path: str) -> tuple[GPTConfig, str]:
+    shape_keys = cfg.explicit & set(GPTConfig.__dataclass_fields__)
+    if shape_keys:
+        raise UserError(f"a checkpoint is counted with its own model; drop {', '.join(sorted(shape_keys))}")
+    return GPTConfig(**checkpoint.load(path)["model_config"]), f"checkpoint {checkpoint.find(path)}"
+
+
+def _model_config(cfg) -> tuple[GPTConfig, str]:
+    """(model config, where it came from). SOURCE is a config file when it ends in .toml; a checkpoint when
+    it is a file or folder, or looks like a path (a '/', a .pt); else a preset name (config says if unknown).
+    Without SOURCE: --out_dir's checkpoint when given, else the settings. A config's vocabulary is the
+    configured dataset's when that is prepared, as train.py takes it."""
+    src = cfg.params.source
+    overrides = {k: v for k, v in _overrides(cfg).items() if k != "source"}
+    if src and "out_dir" in cfg.explicit:
+        raise UserError(f"give one model to count: '{src}' or --out_dir={cfg.train.out_dir}, not both")
+    if src and not src.endswith(".toml") and (Path(src).exists() or "/" in src or src.endswith(".pt")):
+        return _checkpoint_config(cfg, src)
+    if not src and "out_dir" in cfg.explicit:
+        return _checkpoint_config(cfg, cfg.train.out_dir)
+    if src.endswith(".toml"):
+        cfg = build_config(SECTIONS, file=src, overrides=overrides)
+    elif src:
+        cfg = build_config(SECTIONS, overrides={"preset": src, **overrides})
     m = cfg.model
     if "dataset" in cfg.explicit and "vocab_size" not in cfg.explicit:
         try:  # train.py takes the vocabulary from the dataset; so do we when it is prepared
@@ -299,20 +355,11 @@ def _model_config(cfg, argv: list[str]) -> tuple[GPTConfig, str]:
 
 
 def main(argv: list[str]) -> int:
-    argv = list(argv)
-    positional = [i for i, a in enumerate(argv) if not a.startswith("-")]
-    if positional:  # `python -m minigpt.params gpt2`: a preset name where a config file could stand
-        i = positional[0]
-        if argv[i] in PRESETS:
-            argv[i] = f"--preset={argv[i]}"
-        elif not argv[i].endswith(".toml") and not Path(argv[i]).is_file():
-            raise UserError(f"unknown preset '{argv[i]}'; choose one of {', '.join(PRESETS)}, or pass a .toml file")
-    cfg = parse_cli(argv, {**train_sections(), "params": ParamsConfig},
-                    "python -m minigpt.params", ABOUT)
+    cfg = parse_cli(argv, SECTIONS, "python -m minigpt.params", ABOUT, positional="source")
     p = cfg.params
     if p.format not in ("text", "json"):
         raise UserError(f"--format must be text or json, got '{p.format}'")
-    config, source = _model_config(cfg, argv)
+    config, source = _model_config(cfg)
     c = count_config(config, untied=p.untied)
     if p.format == "json":
         print(json.dumps(to_json(c, config), indent=2))

@@ -26,6 +26,19 @@ TEXT = (
 ) * 60
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """MINIGPT_CACHE in a temporary folder for the whole session (subprocesses inherit it): tests never
+    write to, nor read a stale file from, the user's ~/.cache/minigpt."""
+    old = os.environ.get("MINIGPT_CACHE")
+    os.environ["MINIGPT_CACHE"] = str(tmp_path_factory.mktemp("minigpt_cache"))
+    yield Path(os.environ["MINIGPT_CACHE"])
+    if old is None:
+        os.environ.pop("MINIGPT_CACHE", None)
+    else:
+        os.environ["MINIGPT_CACHE"] = old
+
+
 @pytest.fixture
 def corpus_file(tmp_path) -> Path:
     p = tmp_path / "corpus.txt"

@@ -61,7 +61,7 @@ def test_matrices_per_head_and_tying_come_from_the_module():
     c = count_params(GPT(cfg))
     assert c.matrices["query"] == c.matrices["key"] == c.matrices["value"] == 2 * 32 * 32
     assert c.matrices["up-projection"] == 2 * 32 * 128 and c.matrices["embedding"] == c.matrices["unembedding"] == 70 * 32
-    assert c.per_head == {"query": 32 * 16 + 16, "key": 32 * 16 + 16, "value": 32 * 16 + 16, "output": 16 * 32}
+    assert c.per_head == {"query": 32 * 16 + 16, "key": 32 * 16 + 16, "value-down": 32 * 16 + 16, "value-up": 16 * 32}
     untied = count_config(cfg, untied=True)
     assert untied.total == c.untied_total == c.total + 70 * 32
     assert memory(c.total)["fp32"]["total"] == 16 * c.total and memory(c.total)["bf16"]["adamw"] == 4 * c.total
@@ -78,6 +78,24 @@ def test_cli_prints_the_gpt2_report(capsys):
     for s in ("124,439,808", "7,087,872", "per head", "196,800", "tied: yes", "163,037,184", "AdamW", "1.9 GiB",
               "855,166,464"):
         assert s in out
+
+
+def test_gpt3_attention_as_the_lecture_counts_it(capsys):
+    """3Blue1Brown: value-down and value-up per head, the value-ups side by side are the output matrix,
+    'around 600 million' attention parameters per block, a 2048 x 2048 pattern per head."""
+    main(["gpt3"])
+    out = capsys.readouterr().out
+    assert "value-down       hs x C + bias       1,572,992" in out
+    assert "value-up         C x hs              1,572,864" in out
+    assert "the 96 heads' value-ups side by side (C x hs each) are the output matrix W_o (C x C)" in out
+    assert "attention of one block (attn qkv + attn out): 604,028,928 parameters, 603,979,776 in its weight" in out
+    assert f"{2048**2:,} scores per head; x 96 heads x 96 layers = {2048**2 * 96 * 96:,}" in out
+    main(["gpt3", "--format=json"])
+    d = json.loads(capsys.readouterr().out)
+    assert 603_979_776 == 4 * 12288**2 and 38_654_705_664 == 2048**2 * 96 * 96
+    assert d["attention_per_block"] == {"with_biases": 604_028_928, "weights": 603_979_776}
+    assert d["attention_pattern"] == {"per_head": 4_194_304, "per_sequence": 38_654_705_664}
+    assert d["per_head"]["value-down"] == 128 * 12288 + 128 and d["per_head"]["value-up"] == 12288 * 128
 
 
 def test_cli_gpt3_matrices_only_and_json(capsys):
@@ -98,8 +116,10 @@ def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset
     assert len(d["blocks"]) == 6 and d["model_config"]["n_embd"] == 128
     model = GPT(GPTConfig(**{**PRESETS["tiny"], "vocab_size": 65}))
     checkpoint.save(tmp_path / "ckpt.pt", model, CharTokenizer("ab").spec())
-    main([f"--out_dir={tmp_path}", "--format=json"])
-    assert json.loads(capsys.readouterr().out)["total"] == sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    for argv in ([f"--out_dir={tmp_path}"], [str(tmp_path)], [str(tmp_path / "ckpt.pt")]):
+        main([*argv, "--format=json"])
+        assert json.loads(capsys.readouterr().out)["total"] == total
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -108,6 +128,10 @@ def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset
     (["gpt2", "--format=xml"], "--format must be text or json"),
     (["gpt2", "--n_layr=3"], "did you mean n_layer"),
     (["--out_dir=/nonexistent/ckpt"], "no checkpoint at"),
+    (["/nonexistent/ckpt"], "no checkpoint at"),
+    (["/nonexistent/baby.toml"], "config file /nonexistent/baby.toml does not exist"),
+    (["gpt2", "gpt3"], "unexpected argument 'gpt3'"),
+    (["gpt2", "--out_dir=out"], "give one model to count: 'gpt2' or --out_dir=out, not both"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, msg):
     with pytest.raises(UserError, match=msg):

@@ -1,0 +1,127 @@
+"""The benchmark's logic, fast: the table, the probes' sanity, skipping emulated bf16, the command line.
+(The benchmarks themselves take minutes and assert nothing; they are not run here.)"""
+
+import pytest
+import torch
+
+from minigpt import bench, flops
+from minigpt.config import PRESETS
+from minigpt.errors import UserError
+from minigpt.model import GPTConfig
+
+
+def fake_isolated(calls, tokens_per_s=1000.0, flops_per_token=1e6):
+    def run(fn, **kwargs):
+        calls.append(kwargs)
+        return {"tokens_per_s": tokens_per_s, "ms_per_step": 10.0, "flops_per_token": flops_per_token,
+                "compile_s": 0.0, "peak_rss_mb": 100.0, "tokens": [1, 2, 3]}
+    return run
+
+
+def test_every_row_names_the_machine():
+    rows = [{"workload": "train-baby", "variant": "fp32 eager", "tokens_per_s": 12345.6, "ms_per_step": 62.2,
+             "ratio": 1.0, "mfu": 0.1234, "peak_rss_mb": 389.4},
+            {"workload": "generate-gpt2", "variant": "minigpt fp32", "tokens_per_s": 30.0, "bandwidth": 0.42},
+            {"workload": "train-baby", "variant": "bf16 eager", "notes": bench.NO_BF16}]
+    lines = bench.format_rows(rows, "Some CPU (avx2), 2 threads").splitlines()
+    assert len(lines) == 5 and all("| Some CPU (avx2), 2 threads |" in line for line in lines[2:])
+    assert "| 12,345.6 | 62.2 | 1.00x | 12.3% |  | 389 |" in lines[2]
+    assert "| 30.0 |  |  |  | 42% |" in lines[3]
+    assert "skipped: no native bf16" in lines[4] and "|  |  |  |  |  |  |" in lines[4]
+
+
+def test_bf16_rows_are_skipped_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(flops, "cpu_bf16_native", lambda: False)
+    calls = []
+    monkeypatch.setattr(bench, "isolated", fake_isolated(calls))
+    ceilings = bench.Ceilings({"float32": 1e12, "bfloat16": None}, bandwidth=1e10)
+    rows = bench.run_train("train-baby", True, ceilings) + bench.run_generate(True, ceilings)
+    assert {c.get("dtype_name") for c in calls} == {"float32"}  # no bf16 process was started
+    skipped = [r["variant"] for r in rows if r.get("notes") == bench.NO_BF16]
+    assert skipped == ["bf16 eager", "bf16 compiled", "minigpt bf16 (KV cache)"]
+    assert all("tokens_per_s" not in r for r in rows if r["variant"] in skipped)
+
+
+def test_native_bf16_rows_run(monkeypatch):
+    monkeypatch.setattr(flops, "cpu_bf16_native", lambda: True)
+    calls = []
+    monkeypatch.setattr(bench, "isolated", fake_isolated(calls))
+    bench.run_train("train-baby", True, bench.Ceilings({"float32": 1e12, "bfloat16": 2e12}))
+    assert [c["dtype_name"] for c in calls] == ["float32", "bfloat16", "float32", "bfloat16"]
+
+
+def test_train_rows_use_their_dtype_peak_and_never_exceed_100_percent(monkeypatch):
+    monkeypatch.setattr(flops, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(bench, "isolated", fake_isolated([], tokens_per_s=1000.0, flops_per_token=1e6))
+    rows = bench.run_train("train-baby", True, bench.Ceilings({"float32": 1e10, "bfloat16": 5e8}))
+    mfu = {r["variant"]: r["mfu"] for r in rows}
+    assert mfu["fp32 eager"] == pytest.approx(1e9 / 1e10)
+    assert mfu["bf16 eager"] == 1.0  # 1e9 FLOP/s against an under-measured 5e8 peak: shown as 100%, not 200%
+
+
+def test_probe_skips_the_bf16_peak_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(flops, "cpu_bf16_native", lambda: False)
+    probed = []
+    monkeypatch.setattr(flops, "matmul_peak", lambda dtype: probed.append(dtype) or 5e10)
+    said = []
+    c = bench.Ceilings.probe(matmul=True, bandwidth=False, say=said.append)
+    assert probed == [torch.float32] and c.peaks == {"float32": 5e10, "bfloat16": None} and c.bandwidth is None
+    assert said == ["matmul peak, probed now: fp32 50 GFLOP/s, bf16 not probed (no native bf16 on this CPU)"]
+
+
+def test_read_bandwidth_is_a_plausible_memory_speed():
+    bw = bench.read_bandwidth(n_bytes=16 << 20, seconds=0.05)
+    assert 1e8 < bw < 1e13  # between 0.1 GB/s and 10 TB/s
+
+
+def test_decode_against_the_bandwidth_limit():
+    gpt2 = GPTConfig(**PRESETS["gpt2"])
+    assert bench.decode_weight_bytes(gpt2, "float32") == 123_653_376 * 4  # all but wpe, the tied head once
+    assert bench.decode_weight_bytes(gpt2, "bfloat16") == 123_653_376 * 2
+    # 20 tokens/s x 0.5 GB per token = 10 GB/s of a 20 GB/s memory: half the limit
+    assert bench.bandwidth_share(20, 500_000_000, 20e9) == pytest.approx(0.5)
+    assert bench.bandwidth_share(20, 500_000_000, None) is None
+
+
+def test_prepare_prints_the_machine_first_and_probes_nothing(monkeypatch, capsys):
+    monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: pytest.fail("prepare needs no matmul peak"))
+    monkeypatch.setattr(bench, "read_bandwidth", lambda *a, **k: pytest.fail("prepare needs no bandwidth"))
+    seen = []
+
+    def fake_prepare(settings, ceilings):
+        seen.append((settings.quick, capsys.readouterr().out))
+        return [{"workload": "prepare", "variant": "gpt2 num_proc=1", "tokens_per_s": 1.0}]
+
+    monkeypatch.setitem(bench.WORKLOADS, "prepare", (fake_prepare, False, False))
+    assert bench.main(["prepare", "--quick"]) == 0
+    (quick, before), = seen
+    assert quick and before.startswith("machine: ") and "running prepare (quick)" in before
+    assert "| prepare | gpt2 num_proc=1 |" in capsys.readouterr().out
+
+
+def test_workloads_as_bare_arguments_or_repeated(monkeypatch, capsys):
+    ran = []
+    for name in ("prepare", "speedrun-cpu"):
+        monkeypatch.setitem(bench.WORKLOADS, name, (lambda s, c, n=name: ran.append(n) or [], False, False))
+    monkeypatch.setattr(bench, "tinyshakespeare_input", lambda data_dir: None)
+    bench.main(["prepare", "speedrun-cpu"])
+    bench.main(["--workloads=speedrun-cpu"])
+    assert ran == ["prepare", "speedrun-cpu", "speedrun-cpu"]
+    with pytest.raises(UserError, match="unknown workload train-gpt3; choose from train-baby"):
+        bench.main(["train-gpt3"])
+
+
+def test_speedrun_finds_the_shared_data_by_flag_or_environment(tmp_path, monkeypatch):
+    text = tmp_path / "shared" / "data" / "tinyshakespeare" / "input.txt"
+    text.parent.mkdir(parents=True)
+    text.write_text("First Citizen:\n")
+    monkeypatch.delenv("MINIGPT_SHARED", raising=False)
+    assert bench.tinyshakespeare_input(str(tmp_path / "shared" / "data")) == text
+    monkeypatch.setenv("MINIGPT_SHARED", str(tmp_path / "shared"))
+    assert bench.tinyshakespeare_input("") == text
+    with pytest.raises(UserError, match="no tinyshakespeare/input.txt under /nowhere; pass --data_dir"):
+        bench.tinyshakespeare_input("/nowhere")
+    monkeypatch.delenv("MINIGPT_SHARED")
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # no data/tinyshakespeare prepared there
+    with pytest.raises(UserError, match="--data_dir is not set"):
+        bench.main(["speedrun-cpu"])  # before any workload runs
