@@ -125,7 +125,7 @@ GENERATE_VARIANTS = {  # variant -> (engine, dtype); the first is the reference
 
 def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: int, reps: int) -> dict:
     """Best-of-`reps` tokens/s of greedy generation with GPT-2 124M's shape; the same weights in every process."""
-    from .generate import generate
+    from .generate import GREEDY, generate
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(**PRESETS["gpt2"])).eval()
@@ -144,7 +144,7 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
                                      pad_token_id=0)
     else:
         model.to(runtime.DTYPES[dtype_name])
-        run = lambda n: generate(model, prompt, n, temperature=0)  # noqa: E731
+        run = lambda n: generate(model, prompt, max_new_tokens=n, sampling=GREEDY)  # noqa: E731
     with torch.inference_mode():
         run(8)  # warm-up
         best, out = 0.0, None
@@ -203,7 +203,8 @@ def run_speedrun(quick: bool, runs: int = 3) -> list[dict]:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
-        model, _, state = checkpoint.load_model(out)
+        loaded = checkpoint.load_model(out)
+        model, state = loaded.model, loaded.state
         val = TokenDataset(resolve_dataset(state["dataset"])).splits["val"]
         loss, _ = evaluate_split(model, val, batch_size=64)
         rows.append({"workload": "speedrun-cpu", "variant": f"run {i + 1}", "ms_per_step": None,

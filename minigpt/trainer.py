@@ -172,9 +172,7 @@ def _train(cfg: Config, world: distributed.World, device: torch.device) -> dict:
 
     model = GPT(mcfg)
     if state is None and t.init_from not in ("scratch", "resume"):  # fine-tuning: start from GPT-2's weights
-        from . import hf
-
-        model.load_state_dict(hf.fit(hf.read(t.init_from)[1], mcfg))
+        model.load_state_dict(checkpoint.load_model(t.init_from, config=mcfg).model.state_dict())
         say(f"initialised from GPT-2 weights {t.init_from}")
     model = model.to(device)
     say(f"model: {mcfg}")
