@@ -21,18 +21,14 @@ def read_prompt(start: str) -> str:
     return start
 
 
-def sampling_of(cfg: SampleConfig) -> Sampling:
-    """The sampling settings of the command line, or one clear error naming the bad flag."""
-    try:
-        return Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
-    except ValueError as e:
-        raise UserError(f"--{e}") from None
-
-
 def check_settings(cfg: SampleConfig) -> Sampling:
+    """The sampling settings of the command line, or one clear error naming the bad flag."""
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise UserError("--max_new_tokens must be >= 0 and --num_samples >= 1")
-    return sampling_of(cfg)
+    try:
+        return Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    except ValueError as e:  # Sampling's messages start with the setting's name
+        raise UserError(f"--{e}") from None
 
 
 def source_of(cfg: SampleConfig) -> str:
