@@ -26,7 +26,6 @@ import os
 import pickle
 import shutil
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ import torch
 from .errors import UserError
 from .fileio import atomic_open
 from .model import GPT, GPTConfig
-from . import runtime
 from . import tokenizer as tokenizers
 
 FORMAT = "minigpt-checkpoint"
@@ -138,7 +136,7 @@ def _model_config(d: dict) -> GPTConfig:
 # ---- Loading a model from any source --------------------------------------------------------------
 
 
-@dataclass
+@dataclasses.dataclass
 class Loaded:
     """A model ready to run (eval mode) and what came with it."""
 
@@ -148,7 +146,7 @@ class Loaded:
     description: str  # where the weights came from, for messages: "checkpoint out/ckpt.pt (iter 2000)"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Header:
     """What a source holds, without its weights."""
 
@@ -215,9 +213,11 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", *, config
     return Loaded(model, tokenizers.from_spec(state["tokenizer"]), state, _describe(source, state))
 
 
-def load_for_inference(source: str | Path, rc) -> tuple[Loaded, runtime.Runtime]:
+def load_for_inference(source: str | Path, rc) -> tuple[Loaded, "runtime.Runtime"]:
     """`load_model(source)` placed as the RuntimeConfig `rc` says: device, and weights held in the runtime
     dtype (picked by the model's width), the one precision policy of sample, evaluate and the attention maps."""
+    from . import runtime
+
     loaded = load_model(source)
     rt = runtime.setup(rc, loaded.model.config.n_embd)
     loaded.model.to(device=rt.device, dtype=rt.dtype)
