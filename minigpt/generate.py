@@ -91,20 +91,27 @@ def next_token_probs(logits: torch.Tensor, sampling: Sampling, seen: torch.Tenso
     # (a one-hot softmax) instead of sending the maximum to +inf (NaN)
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / sampling.temperature
     V = logits.size(-1)
-    if (sampling.top_k and sampling.top_k < V) or sampling.top_p < 1.0:
-        # most likely first; a stable sort puts tied tokens in id order, so top_k=1 on a tie is the lowest id
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # (B, V) each
-        keep = torch.ones_like(sorted_logits, dtype=torch.bool)
-        if sampling.top_k and sampling.top_k < V:
-            keep[:, sampling.top_k :] = False
-        if sampling.top_p < 1.0:
-            probs = torch.softmax(sorted_logits.masked_fill(~keep, -math.inf), dim=-1)
-            # token i stays while the more likely ones fall short of top_p (so the most likely always
-            # stays): the running sum shifted by one, not cumsum - probs, whose rounding moves boundaries
-            total = probs.double().cumsum(dim=-1)
-            before = torch.cat([torch.zeros_like(total[:, :1]), total[:, :-1]], dim=-1)  # mass ranked above i
-            keep &= before < sampling.top_p - TOP_P_SLACK
-        logits = logits.masked_fill(~torch.zeros_like(keep).scatter_(1, order, keep), -math.inf)  # vocabulary order
+    k = sampling.top_k if 0 < sampling.top_k < V else V
+    if k < V:
+        # exactly k: every token above the k-th largest logit, then as many tied with it as still fit,
+        # lowest ids first (torch.topk alone would pick among the tied ones in no promised order)
+        kth = torch.topk(logits, k).values[:, -1:]  # (B, 1)
+        above, tied = logits > kth, logits == kth
+        room = k - above.sum(dim=-1, keepdim=True)
+        if bool((tied.sum(dim=-1, keepdim=True) > room).any()):  # rare with real logits: skip the cumsum otherwise
+            tied &= tied.cumsum(dim=-1) <= room
+        logits = logits.masked_fill(~(above | tied), -math.inf)
+    if sampling.top_p < 1.0:
+        probs = torch.softmax(logits, dim=-1)
+        # most likely first; with top_k only its k candidates need sorting (topk: ~40x cheaper than a
+        # full sort of GPT-2's 50257 logits)
+        ranked, order = torch.topk(probs, k) if k < V else torch.sort(probs, dim=-1, descending=True)  # (B, k)
+        # token i stays while the more likely ones fall short of top_p (so the most likely always
+        # stays): the running sum shifted by one, not cumsum - probs, whose rounding moves boundaries
+        total = ranked.double().cumsum(dim=-1)
+        before = torch.cat([torch.zeros_like(total[:, :1]), total[:, :-1]], dim=-1)  # mass ranked above i
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, before < sampling.top_p - TOP_P_SLACK)
+        logits = logits.masked_fill(~keep, -math.inf)
     return torch.softmax(logits, dim=-1)
 
 
