@@ -147,6 +147,8 @@ def test_top_k_keeps_exactly_k_tokens_on_ties():
     g = torch.Generator().manual_seed(0)
     assert {sample_next(logits, Sampling(top_k=1), generator=g).item() for _ in range(100)} == {1}  # the lowest id
     assert (next_token_probs(logits, Sampling(top_k=2)) > 0).tolist() == [[False, True, True, False, False]]
+    above = torch.tensor([[5.0, 3.0, 3.0, 3.0, 0.0]])  # one above the tie, one place left for the tied three
+    assert (next_token_probs(above, Sampling(top_k=2)) > 0).tolist() == [[True, True, False, False, False]]
 
 
 @pytest.mark.parametrize("weights,top_p,kept", [
