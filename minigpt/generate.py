@@ -106,11 +106,13 @@ def next_token_probs(logits: torch.Tensor, sampling: Sampling, seen: torch.Tenso
         # most likely first; with top_k only its k candidates need sorting (topk: ~40x cheaper than a
         # full sort of GPT-2's 50257 logits)
         ranked, order = torch.topk(probs, k) if k < V else torch.sort(probs, dim=-1, descending=True)  # (B, k)
-        # token i stays while the more likely ones fall short of top_p (so the most likely always
-        # stays): the running sum shifted by one, not cumsum - probs, whose rounding moves boundaries
+        # token i stays while the more likely ones fall short of top_p: the running sum shifted by one,
+        # not cumsum - probs, whose rounding moves boundaries
         total = ranked.double().cumsum(dim=-1)
         before = torch.cat([torch.zeros_like(total[:, :1]), total[:, :-1]], dim=-1)  # mass ranked above i
-        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, before < sampling.top_p - TOP_P_SLACK)
+        reached = before < sampling.top_p - TOP_P_SLACK
+        reached[:, 0] = True  # even for a top_p below the slack
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, reached)
         logits = logits.masked_fill(~keep, -math.inf)
     return torch.softmax(logits, dim=-1)
 

@@ -156,6 +156,7 @@ def test_top_k_keeps_exactly_k_tokens_on_ties():
     ([5, 4, 1], 0.5, 1),  # cumsum - probs rounded 0.5 down and kept a second token
     ([7, 6, 3], 0.8125, 2),
     ([8, 6, 5, 4, 1, 1], 0.92, 4),
+    ([5, 3, 2], 1e-9, 1),  # the most likely token always stays
 ])
 def test_top_p_keeps_the_smallest_prefix_reaching_it(weights, top_p, kept):
     logits = torch.log(torch.tensor([weights], dtype=torch.float32) / sum(weights))
