@@ -30,11 +30,12 @@ def model():
 
 
 def test_cached_logits_equal_full_forward(model):
-    # In float64, so that only a wrong cache could make the two differ. In float32 they differ by up to
-    # ~3e-5 on this machine: a 2-row decode step and the 32-row forward take different GEMM kernels
-    # (the first difference is at layer 0's c_attn, whose inputs are bit-identical), and the 8x weights
-    # (LayerNorm gains of 8) put activations at ~25, where fp32's ulp is 2e-6; both paths are then off
-    # the float64 result by the same ~1e-6 of sum|h_i w_i|. float64 shrinks that by 2^-29: ~1e-13 here.
+    # In float64, so that only a wrong cache could make the two differ. In float32 they differ by 3e-5
+    # here (7e-4 for other token draws): a 2-row decode step and the 32-row forward take different MKL
+    # GEMM kernels (the first difference is at layer 0's c_attn, whose inputs are bit-identical), and
+    # the 8x weights (LayerNorm gains of 8) put activations at ~25, where fp32's ulp is 2e-6; both paths
+    # are then equally far from the float64 result. float64 shrinks that rounding by 2^-29 (measured:
+    # 7e-14 here, at most 3e-12 over 8 draws), while one stale cached key moves logits by 2e-2.
     m = copy.deepcopy(model).double()
     torch.manual_seed(1)
     seq = torch.randint(0, 40, (2, 16))
@@ -44,7 +45,7 @@ def test_cached_logits_equal_full_forward(model):
         got = torch.cat([m(c, cache) for c in chunks], dim=1)
         want = m(seq)
     assert cache.pos == 16
-    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)  # a cache bug moves logits by O(1)
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
 
 
 @pytest.mark.parametrize("prompt_len", [1, 7, 16, 23])
