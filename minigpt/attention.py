@@ -30,8 +30,8 @@ from .model import GPT
 @dataclass
 class AttentionConfig:
     out_dir: str = opt("out", "folder holding the checkpoint (or a checkpoint file)")
-    init_from: str = opt("resume", "'resume' reads out_dir's checkpoint; gpt2, gpt2-medium, gpt2-large, gpt2-xl or a "
-                                   "local Hugging Face GPT-2 folder looks at OpenAI's weights")
+    init_from: str = opt("resume", "'resume' reads out_dir's checkpoint; else the model to look at: gpt2, gpt2-medium, "
+                                   "gpt2-large, gpt2-xl, a local Hugging Face GPT-2 folder or another checkpoint")
     text: str = opt("", "the text to run through the model (at most block_size tokens)")
     layer: int | None = opt(None, "draw only this layer (0-based); default all")
     head: int | None = opt(None, "draw only this head (0-based); default all")

@@ -8,7 +8,7 @@ import torch
 from conftest import needs_gpt2, run
 
 transformers = pytest.importorskip("transformers")
-from minigpt import checkpoint, hf  # noqa: E402
+from minigpt import checkpoint  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 from minigpt.export import export_hf  # noqa: E402
 from minigpt.generate import GREEDY, generate  # noqa: E402
@@ -144,7 +144,7 @@ def test_folder_without_weights_is_refused(hf_folder, tmp_path):
 @needs_gpt2
 def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpus_file, char_dataset):
     from minigpt import corpus, data
-    from minigpt.config import TrainConfig, build_config, train_sections
+    from minigpt.config import build_config, train_sections
     from minigpt.trainer import train
 
     folder, ref = hf_folder
