@@ -20,19 +20,18 @@ from pathlib import Path
 
 import torch
 
-from . import runtime
-from .config import opt, parse_cli
+from . import checkpoint
+from .config import RuntimeConfig, opt, parse_cli
 from .errors import UserError, run_cli
 from .fileio import atomic_open
 from .model import GPT
-from .sample import load
 
 
 @dataclass
 class AttentionConfig:
     out_dir: str = opt("out", "folder holding the checkpoint (or a checkpoint file)")
-    init_from: str = opt("resume", "'resume' reads out_dir's checkpoint; gpt2, gpt2-medium, gpt2-large, gpt2-xl or a "
-                                   "local Hugging Face GPT-2 folder looks at OpenAI's weights")
+    init_from: str = opt("resume", "'resume' reads out_dir's checkpoint; else the model to look at: gpt2, gpt2-medium, "
+                                   "gpt2-large, gpt2-xl, a local Hugging Face GPT-2 folder or another checkpoint")
     text: str = opt("", "the text to run through the model (at most block_size tokens)")
     layer: int | None = opt(None, "draw only this layer (0-based); default all")
     head: int | None = opt(None, "draw only this head (0-based); default all")
@@ -40,7 +39,6 @@ class AttentionConfig:
                          "default the last token")
     top: int = opt(3, "how many attended tokens to print per head")
     out: str = opt("attention.png", "where to write the PNG grid of heatmaps")
-    device: str = opt("cpu", "'cpu', 'auto', 'cuda', 'cuda:N' or 'mps'")
 
 
 def check_attention_weights(model: GPT) -> None:
@@ -185,14 +183,16 @@ def _select(value: int | None, n: int, what: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, {"attention": AttentionConfig}, "python -m minigpt.attention",
-                    __doc__.splitlines()[0]).attention
+    both = parse_cli(argv, {"attention": AttentionConfig, "runtime": RuntimeConfig}, "python -m minigpt.attention",
+                     __doc__.splitlines()[0])
+    cfg = both.attention
     if not cfg.text:
         raise UserError('--text is empty; pass the text to look at, as --text="The cat sat on the mat"')
     if cfg.top < 1:
         raise UserError(f"--top must be at least 1, got {cfg.top}")
-    device = runtime.pick_device(cfg.device)
-    model, tok = load(cfg.init_from, cfg.out_dir, device)
+    loaded, rt = checkpoint.load_for_inference(cfg.out_dir if cfg.init_from == "resume" else cfg.init_from,
+                                               both.runtime)
+    model, tok, device = loaded.model, loaded.tokenizer, rt.device
     check_attention_weights(model)
     n_layer, n_head, block = model.config.n_layer, model.config.n_head, model.config.block_size
     layers, heads = _select(cfg.layer, n_layer, "layer"), _select(cfg.head, n_head, "head")

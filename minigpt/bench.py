@@ -34,7 +34,7 @@ from .corpus import shakespeare
 from .data import TokenDataset, resolve_dataset
 from .errors import UserError, run_cli
 from .evaluate import evaluate_split
-from .generate import generate
+from .generate import GREEDY, generate
 from .model import GPT, GPTConfig, lm_loss
 from .optim import make_optimizer
 
@@ -248,7 +248,7 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
                                      pad_token_id=0)
     else:
         model.to(runtime.DTYPES[dtype_name])
-        run = lambda n: generate(model, prompt, n, temperature=0)  # noqa: E731
+        run = lambda n: generate(model, prompt, max_new_tokens=n, sampling=GREEDY)  # noqa: E731
     with torch.inference_mode():
         run(8)  # warm-up
         best, out = 0.0, None
@@ -335,7 +335,8 @@ def run_speedrun(quick: bool, data_dir: str, runs: int = 3) -> list[dict]:
                 if proc.returncode:
                     rows.append({**row, "notes": f"train.py failed: {proc.stderr.strip().splitlines()[-1:]}"})
                     continue
-                model, _, state = checkpoint.load_model(out)
+                loaded = checkpoint.load_model(out)
+                model, state = loaded.model, loaded.state
                 loss, _ = evaluate_split(model, TokenDataset(resolve_dataset(state["dataset"])).splits["val"], 64)
                 ref = ref or wall
                 rows.append({**row, "ms_per_step": None, "ratio": ref / wall,

@@ -10,6 +10,15 @@ A checkpoint is one `.pt` file holding a dict of tensors and JSON-compatible met
     optimizer, scaler, data, rng -- for resuming: optimizer and GradScaler state, the data sampler's
                                     generator, and one RNG state per process
 Writes are atomic (temp file in the same folder, fsync, rename); loads use `weights_only=True`.
+
+Loading a model, from any source, is `load_model(source)`: the one loader behind sample, the attention
+maps, evaluate, export and fine-tuning. A source is a checkpoint (a folder holding ckpt.pt, or a .pt
+file), an OpenAI GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local Hugging Face GPT-2
+folder (config.json + weights); `read_config(source)` reads only its model config, without the weights.
+    loaded = load_model(source, device)           # Loaded(model, tokenizer, state, description)
+    loaded = load_model("gpt2", config=mine)      # GPT-2's weights in a model with a shorter block_size
+                                                  # and this run's dropout (fine-tuning)
+    loaded, rt = load_for_inference(source, rc)   # on the device and in the dtype a RuntimeConfig picks
 """
 
 from __future__ import annotations
@@ -118,11 +127,12 @@ def find(path_or_dir: str | Path) -> Path:
     return p
 
 
-def load(path_or_dir: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read and validate a checkpoint; a corrupt, truncated or foreign file gets one clear error."""
+def load(path_or_dir: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
+    """Read and validate a checkpoint; a corrupt, truncated or foreign file gets one clear error.
+    With `mmap`, tensors are mapped from the file and read only when touched (reading just the config)."""
     p = find(path_or_dir)
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        state = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise UserError(f"{p} is not a readable checkpoint ({first}); it may be truncated or corrupt, "
@@ -135,22 +145,132 @@ def load(path_or_dir: str | Path, map_location: str | torch.device = "cpu") -> d
     return state
 
 
-def build_model(state: dict, device: str | torch.device = "cpu") -> GPT:
-    """The model a checkpoint describes, with its weights loaded."""
-    try:
-        config = GPTConfig(**state["model_config"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"the checkpoint's model config is invalid ({e})") from None
-    model = GPT(config)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"the checkpoint's weights do not fit its model config ({str(e).splitlines()[0]})") from None
+def build_model(state: dict, device: str | torch.device = "cpu", config: GPTConfig | None = None) -> GPT:
+    """The model a checkpoint describes, with its weights loaded; `config` as in `load_model`."""
+    model = _build(_model_config(state["model_config"]), state["model"], config, "the checkpoint")
     return model.to(device)
 
 
-def load_model(path_or_dir: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer, checkpoint dict) for sampling, evaluation and inspection."""
-    state = load(path_or_dir)
-    model = build_model(state, device).eval()
-    return model, tokenizers.from_spec(state["tokenizer"]), state
+def _model_config(d: dict) -> GPTConfig:
+    try:
+        return GPTConfig(**d)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"the checkpoint's model config is invalid ({e})") from None
+
+
+# ---- Loading a model from any source --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model ready to run (eval mode) and what came with it."""
+
+    model: GPT
+    tokenizer: tokenizers.Tokenizer
+    state: dict | None  # the whole checkpoint dict for a minigpt checkpoint; None for GPT-2 weights
+    description: str  # where the weights came from, for messages: "checkpoint out/ckpt.pt (iter 2000)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    """What a source holds, without its weights."""
+
+    config: GPTConfig
+    tokenizer: dict  # the tokenizer spec (tokenizer.from_spec builds it)
+    description: str
+
+
+GPT2_TOKENIZER = {"kind": "tiktoken", "name": "gpt2"}
+
+
+def _is_gpt2(source: str | Path) -> bool:
+    """True for OpenAI's names and for Hugging Face folders (config.json and no ckpt.pt); a checkpoint otherwise."""
+    from .hf import GPT2_NAMES
+
+    p = Path(source)
+    if str(source) in GPT2_NAMES and not p.exists():
+        return True
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "ckpt.pt").is_file()
+
+
+def _check_exists(source: str | Path) -> None:
+    from .hf import GPT2_NAMES
+
+    if not Path(source).exists():
+        raise UserError(f"no model at {source}: give a checkpoint folder or .pt file (train one with "
+                        f"`python train.py --out_dir={source}`), a GPT-2 name ({', '.join(GPT2_NAMES)}) or a local "
+                        f"Hugging Face GPT-2 folder")
+
+
+def read_header(source: str | Path) -> Header:
+    """The model config and tokenizer of `source` without loading its weights (a checkpoint's tensors
+    are memory-mapped and never read; a GPT-2 name is still downloaded on first use)."""
+    if _is_gpt2(source):
+        from . import hf
+
+        return Header(hf.read_config(hf.locate(str(source))), GPT2_TOKENIZER, f"GPT-2 weights {source}")
+    _check_exists(source)
+    state = load(source, mmap=True)
+    return Header(_model_config(state["model_config"]), state["tokenizer"], _describe(source, state))
+
+
+def read_config(source: str | Path) -> GPTConfig:
+    """The model config of `source` (see `read_header`)."""
+    return read_header(source).config
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu", *, config: GPTConfig | None = None) -> Loaded:
+    """The model in `source` (a checkpoint folder or file, a GPT-2 name or a local Hugging Face GPT-2
+    folder) in eval mode on `device`, with its tokenizer.
+
+    `config` builds a different model around the same weights: the source's shape, with a block_size no
+    longer than the source's (position embeddings are cropped) and any dropout (fine-tuning).
+    """
+    if _is_gpt2(source):
+        from . import hf
+
+        own, weights = hf.read(str(source))
+        model = _build(own, weights, config, str(source))
+        return Loaded(model.to(device).eval(), tokenizers.from_spec(GPT2_TOKENIZER), None, f"GPT-2 weights {source}")
+    _check_exists(source)
+    state = load(source)
+    model = build_model(state, device, config).eval()
+    return Loaded(model, tokenizers.from_spec(state["tokenizer"]), state, _describe(source, state))
+
+
+def load_for_inference(source: str | Path, rc) -> tuple[Loaded, "runtime.Runtime"]:
+    """`load_model(source)` placed as the RuntimeConfig `rc` says: device, and weights held in the runtime
+    dtype (picked by the model's width), the one precision policy of sample, evaluate and the attention maps."""
+    from . import runtime
+
+    loaded = load_model(source)
+    rt = runtime.setup(rc, loaded.model.config.n_embd)
+    loaded.model.to(device=rt.device, dtype=rt.dtype)
+    return loaded, rt
+
+
+def _describe(source: str | Path, state: dict) -> str:
+    it = state.get("iter_num")
+    return f"checkpoint {find(source)}" + (f" (iter {it})" if it is not None else "")
+
+
+def _build(own: GPTConfig, weights: dict[str, torch.Tensor], config: GPTConfig | None, where: str) -> GPT:
+    """GPT(config or own) holding `weights`, which were trained as `own`."""
+    if config is not None:
+        fixed = [k for k in own.__dataclass_fields__ if k not in ("block_size", "dropout")
+                 and getattr(config, k) != getattr(own, k)]
+        if fixed:
+            raise UserError(f"{where} has {', '.join(f'{k}={getattr(own, k)!r}' for k in fixed)}; a model built on "
+                            f"its weights must keep those (only block_size and dropout may change)")
+        if config.block_size > own.block_size:
+            raise UserError(f"block_size={config.block_size} is longer than the context of {where} "
+                            f"({own.block_size}); use block_size <= {own.block_size}")
+        wpe = "transformer.wpe.weight"
+        if wpe in weights:  # the first positions are the ones a shorter context uses
+            weights = {**weights, wpe: weights[wpe][: config.block_size]}
+    model = GPT(config or own)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(f"the weights of {where} do not fit its model config ({str(e).splitlines()[0]})") from None
+    return model

@@ -29,8 +29,9 @@ def export_hf(out_dir: str | Path, dest: str | Path) -> Path:
         from safetensors.torch import save
     except ImportError:
         raise UserError("exporting to Hugging Face needs the optional packages: pip install -e '.[hf]'") from None
-    model, tok, _ = checkpoint.load_model(out_dir)
-    config = hf.hf_config(model.config)  # refuses models GPT-2's architecture cannot express
+    loaded = checkpoint.load_model(out_dir)
+    model, tok = loaded.model, loaded.tokenizer
+    config = hf.hf_config(model.config, tok.eot_id)  # refuses models GPT-2's architecture cannot express
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest} exists and is not a folder; choose a folder to export into")

@@ -5,6 +5,8 @@ architecture is ours with `bias=True`: the same module names under `transformer.
 four projections are `Conv1D` layers, whose weight is (in, out), the transpose of nn.Linear's
 (out, in). OpenAI's MLP uses GELU's tanh approximation (`activation_function: gelu_new`), which
 minigpt has as `activation="gelu_tanh"`. The tokenizer is tiktoken's `gpt2` BPE.
+
+This module converts; `checkpoint.load_model` is the loader every command uses (it calls `read`).
 """
 
 from __future__ import annotations
@@ -19,21 +21,12 @@ import torch
 
 from .errors import UserError
 from .model import GPT, GPTConfig
-from .tokenizer import TiktokenTokenizer
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's releases on the hub
 GPT2_VOCAB = 50257
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}  # HF name -> ours
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask buffers older versions saved
-
-
-def load(source: str, device: str | torch.device = "cpu") -> tuple[GPT, TiktokenTokenizer]:
-    """(model in eval mode, GPT-2 tokenizer) from a hub name in GPT2_NAMES or a local Hugging Face folder."""
-    config, state = read(source)
-    model = GPT(config)
-    model.load_state_dict(state)
-    return model.to(device).eval(), TiktokenTokenizer("gpt2")
 
 
 def read(source: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
@@ -63,15 +56,6 @@ def read_config(folder: Path) -> GPTConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file} is not valid JSON ({e})") from None
     return config_from_hf(hf_config, folder)
-
-
-def fit(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """`state` for a shorter context `config.block_size`: keep the first position embeddings (fine-tuning)."""
-    wpe = state["transformer.wpe.weight"]
-    if config.block_size > wpe.size(0):
-        raise UserError(f"block_size={config.block_size} is longer than the pretrained context ({wpe.size(0)}); "
-                        f"use block_size <= {wpe.size(0)}")
-    return {**state, "transformer.wpe.weight": wpe[: config.block_size].clone()}
 
 
 def _download(name: str) -> Path:
@@ -179,8 +163,9 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return state
 
 
-def hf_config(config: GPTConfig) -> dict:
-    """A Hugging Face GPT2Config dict for our model config."""
+def hf_config(config: GPTConfig, eot_id: int | None = None) -> dict:
+    """A Hugging Face GPT2Config dict for our model config; `eot_id` is the tokenizer's end-of-text token
+    (bos and eos for transformers), None for a vocabulary without one."""
     defaults = GPTConfig()
     extra = [f.name for f in dataclasses.fields(config)
              if f.name not in {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "activation"}
@@ -188,7 +173,6 @@ def hf_config(config: GPTConfig) -> dict:
     if extra:
         raise UserError(f"this model has {', '.join(f'{k}={getattr(config, k)!r}' for k in extra)}, which GPT-2's "
                         f"architecture cannot express; only GPT-2-shaped checkpoints can be exported")
-    eot = GPT2_VOCAB - 1 if config.vocab_size >= GPT2_VOCAB else None
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -204,8 +188,8 @@ def hf_config(config: GPTConfig) -> dict:
         "attn_pdrop": config.dropout,
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
-        "bos_token_id": eot,  # GPT-2's <|endoftext|>; none for other vocabularies
-        "eos_token_id": eot,
+        "bos_token_id": eot_id,  # the tokenizer's <|endoftext|> (50256 for GPT-2's, 100257 for cl100k_base)
+        "eos_token_id": eot_id,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }

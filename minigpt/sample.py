@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
-from . import checkpoint, runtime
+from . import checkpoint
 from .config import RuntimeConfig, SampleConfig
 from .errors import UserError
-from .generate import stream
+from .generate import Sampling, decode_steps
 
 
 def read_prompt(start: str) -> str:
@@ -22,31 +21,22 @@ def read_prompt(start: str) -> str:
     return start
 
 
-def check_settings(cfg: SampleConfig) -> None:
-    if cfg.temperature < 0 or not math.isfinite(cfg.temperature):
-        raise UserError(f"--temperature must be a finite number >= 0 (0 is greedy), got {cfg.temperature}")
-    if not 0.0 < cfg.top_p <= 1.0:
-        raise UserError(f"--top_p must be in (0, 1] (1 disables nucleus sampling), got {cfg.top_p}")
-    if cfg.top_k < 0:
-        raise UserError(f"--top_k must be >= 0 (0 disables it), got {cfg.top_k}")
-    if not cfg.repetition_penalty > 0 or not math.isfinite(cfg.repetition_penalty):
-        raise UserError(f"--repetition_penalty must be a positive number (1 disables it), got {cfg.repetition_penalty}")
+def check_settings(cfg: SampleConfig) -> Sampling:
+    """The sampling settings of the command line, or one clear error naming the bad flag."""
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise UserError("--max_new_tokens must be >= 0 and --num_samples >= 1")
+    try:
+        return Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    except ValueError as e:  # Sampling's messages start with the setting's name
+        raise UserError(f"--{e}") from None
 
 
-def load(init_from: str, out_dir: str, device: torch.device):
-    """(model in eval mode, tokenizer): out_dir's checkpoint for init_from=resume, else GPT-2 weights
-    (a hub name or a local Hugging Face folder). sample.py and the attention maps share it."""
-    if init_from == "resume":
-        model, tok, _ = checkpoint.load_model(out_dir, device)
-        return model, tok
-    from . import hf  # only GPT-2 imports need it
-
-    return hf.load(init_from, device)
+def source_of(cfg: SampleConfig) -> str:
+    """What to load: out_dir's checkpoint for init_from=resume, else init_from (a GPT-2 name or a path)."""
+    return cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
 
 
-class TextStream:
+class TextDecoder:
     """The text of one growing sample, released only once it is final.
 
     Held back: a character whose bytes are split over BPE tokens (the decoder shows it as U+FFFD until
@@ -97,12 +87,11 @@ def unescape(stop: str) -> str:
 
 
 def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
-    """Draw `num_samples` continuations of the prompt as one batch; prints them and returns them."""
-    check_settings(cfg)
-    device = runtime.pick_device(rc.device)
-    model, tok = load(cfg.init_from, cfg.out_dir, device)
-    dtype = runtime.pick_dtype(rc.dtype, device, model.config.n_embd)
-    model.to(dtype)  # weights kept in the generation precision
+    """Draw `num_samples` continuations of the prompt as one batch; prints them and returns them.
+    With `cfg.stream`, the first sample is printed as it is generated."""
+    sampling = check_settings(cfg)
+    loaded, rt = checkpoint.load_for_inference(source_of(cfg), rc)
+    model, tok, device = loaded.model, loaded.tokenizer, rt.device
     prompt = read_prompt(cfg.start)
     ids = tok.encode(prompt)
     if not ids:
@@ -121,13 +110,13 @@ def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
     torch.manual_seed(rc.seed)
     gen = torch.Generator(device=device).manual_seed(rc.seed)
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
-    step = torch.compile(model, dynamic=True) if runtime.pick_compile(rc.compile, device) else None
-    texts = [TextStream(tok, [unescape(s) for s in cfg.stop]) for _ in range(cfg.num_samples)]
+    step = torch.compile(model, dynamic=True) if rt.compile else None
+    texts = [TextDecoder(tok, [unescape(s) for s in cfg.stop]) for _ in range(cfg.num_samples)]
     if cfg.stream:
         print(prompt, end="", flush=True)
-    tokens = stream(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                    gen, use_cache=cfg.kv_cache, step=step)
-    for next_ids in tokens:
+    steps = decode_steps(model, idx, max_new_tokens=cfg.max_new_tokens, sampling=sampling, generator=gen,
+                         use_cache=cfg.kv_cache, step=step)
+    for next_ids in steps:
         for i, (text, token) in enumerate(zip(texts, next_ids[:, 0].tolist())):
             if text.done:
                 continue

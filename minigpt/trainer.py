@@ -147,7 +147,7 @@ def initial_state(t: TrainConfig, dataset: TokenDataset, out_dir: Path) -> dict 
 
 
 def build_model(cfg: Config, dataset: TokenDataset, state: dict | None) -> GPT:
-    """The run's model: a checkpoint's shape (resume), GPT-2's weights (fine-tune) or fresh weights."""
+    """The run's model: a checkpoint's shape (resume), pretrained weights (fine-tune) or fresh weights."""
     from .model import GPTConfig
 
     t = cfg.train
@@ -156,18 +156,17 @@ def build_model(cfg: Config, dataset: TokenDataset, state: dict | None) -> GPT:
         return GPT(mcfg)  # its weights are loaded with the rest of the state
     if t.init_from == "scratch":
         return GPT(model_config(cfg, vocab_size=dataset.vocab_size))
-    from . import hf
-
+    header = checkpoint.read_header(t.init_from)  # GPT-2 name or folder, or a checkpoint; unknown ones refused
     spec = dataset.meta["tokenizer"]
-    pretrained = hf.read_config(hf.locate(t.init_from))  # an unknown init_from is refused here
-    if spec.get("kind") != "tiktoken" or spec.get("name") != "gpt2":
-        raise UserError(f"--init_from={t.init_from} fine-tunes GPT-2, whose tokenizer is gpt2, but dataset "
-                        f"{dataset.path} was prepared with {spec.get('name', spec.get('kind'))}; prepare it with "
-                        f"`python data/prepare.py SOURCE --tokenizer=gpt2`")
-    mcfg = model_config(cfg, vocab_size=dataset.vocab_size, pretrained=pretrained, pretrained_name=t.init_from)
-    model = GPT(mcfg)
-    model.load_state_dict(hf.fit(hf.read(t.init_from)[1], mcfg))
-    return model
+    if header.tokenizer != spec:
+        def name(s: dict) -> str:
+            return s.get("name", s.get("kind"))
+
+        raise UserError(f"--init_from={t.init_from} was trained with the {name(header.tokenizer)} tokenizer, but "
+                        f"dataset {dataset.path} was prepared with {name(spec)}; prepare it with "
+                        f"`python data/prepare.py SOURCE --tokenizer={name(header.tokenizer)}`")
+    mcfg = model_config(cfg, vocab_size=dataset.vocab_size, pretrained=header.config, pretrained_name=t.init_from)
+    return checkpoint.load_model(t.init_from, config=mcfg).model.train()
 
 
 def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
@@ -210,7 +209,7 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
         run.say(f"resumed from {out_dir / 'ckpt.pt'} at iteration {run.state.iter_num} "
                 f"(best val loss {run.state.best_val_loss:.4f})" + (f"; note: {note}" if note else ""))
     elif t.init_from != "scratch":
-        run.say(f"initialised from GPT-2 weights {t.init_from}")
+        run.say(f"initialised from the weights of {t.init_from}")
     if rt.compile:
         run.step_model = torch.compile(step_model)
     return run

@@ -63,6 +63,18 @@ def test_cli_draws_the_grid_and_prints_the_chosen_token(char_ckpt, tmp_path, cap
     assert "layer 1, head 0" in printed and "layer 0 head" not in printed
 
 
+def test_cli_takes_the_runtime_section_every_command_shares(char_ckpt, tmp_path, capsys):
+    from minigpt.attention import AttentionConfig
+    from minigpt.config import RuntimeConfig
+
+    assert not set(AttentionConfig.__dataclass_fields__) & set(RuntimeConfig.__dataclass_fields__)
+    main([f"--out_dir={char_ckpt}", f"--text={TEXT}", f"--out={tmp_path / 'a.png'}", "--device=cpu",
+          "--dtype=bfloat16", "--threads=1"])
+    assert "heatmaps written" in capsys.readouterr().out
+    with pytest.raises(UserError, match="unknown dtype"):
+        main([f"--out_dir={char_ckpt}", f"--text={TEXT}", "--dtype=fp8"])
+
+
 @needs_gpt2
 def test_cli_on_a_bpe_checkpoint(tmp_path, capsys):
     tok = TiktokenTokenizer("gpt2")

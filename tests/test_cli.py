@@ -42,9 +42,35 @@ def test_sample_is_deterministic_for_a_seed(trained):
 
 
 def test_evaluate_whole_split(trained):
+    # the printed numbers against a direct computation: every val token but the first predicted once,
+    # in non-overlapping windows of block_size; bits per byte over the bytes of those predicted tokens
+    import json
+    import math
+    import re
+
+    import numpy as np
+
+    from minigpt import checkpoint
+
     tmp, out, _ = trained
-    p = run("-m", "minigpt.evaluate", f"--out_dir={out}")
-    assert "loss" in p.stdout and "bits per byte" in p.stdout
+    p = run("-m", "minigpt.evaluate", f"--out_dir={out}", "--device=cpu", "--dtype=float32")
+    printed = re.search(r"([\d,]+) tokens predicted.*\nloss ([\d.]+)  perplexity ([\d.]+)  bits per byte ([\d.]+)",
+                        p.stdout)
+    n_printed, loss_printed, ppl_printed, bpb_printed = printed.groups()
+    loaded = checkpoint.load_model(out)
+    model, tok, block = loaded.model, loaded.tokenizer, loaded.model.config.block_size
+    val = np.fromfile(tmp / "ds" / "val.bin", dtype=json.loads((tmp / "ds" / "meta.json").read_text())["dtype"])
+    nats = 0.0
+    with torch.no_grad():
+        for s in range(0, len(val) - 1, block):
+            w = torch.from_numpy(val[s : s + block + 1].astype(np.int64))[None]
+            nats += torch.nn.functional.cross_entropy(model(w[:, :-1])[0], w[0, 1:], reduction="sum").item()
+    n = len(val) - 1
+    text_bytes = len(tok.decode(val[1:].tolist()).encode("utf-8"))  # the first token is never predicted
+    assert int(n_printed.replace(",", "")) == n
+    assert float(loss_printed) == pytest.approx(nats / n, abs=1e-4)
+    assert float(ppl_printed) == pytest.approx(math.exp(nats / n), abs=2e-3)
+    assert float(bpb_printed) == pytest.approx(nats / math.log(2) / text_bytes, abs=1e-4)
 
 
 def test_long_prompt_is_cropped_with_a_note(trained):
@@ -58,7 +84,7 @@ def test_long_prompt_is_cropped_with_a_note(trained):
     (["train.py", "--n_layr=2"], "did you mean n_layer"),
     (["train.py", "--batch_size=big"], "batch_size must be int"),
     (["train.py", "--n_embd=10", "--n_head=3"], "divisible"),
-    (["sample.py", "--out_dir=/nonexistent/dir"], "no checkpoint"),
+    (["sample.py", "--out_dir=/nonexistent/dir"], "no model at /nonexistent/dir"),
     (["sample.py", "--temperature=-1"], "temperature"),
     (["data/prepare.py", "/nonexistent/file.txt"], "neither"),
 ])

@@ -58,7 +58,8 @@ def test_fsdp_equals_one_process_and_its_checkpoint_loads_in_one_process(single)
 
     out = single / "fsdp"
     torchrun(*args(dataset=single / "ds", out_dir=out, fsdp=True, **SPLIT))
-    model, tok, st = load_model(out)
+    loaded = load_model(out)
+    model, tok, st = loaded.model, loaded.tokenizer, loaded.state
     assert st["iter_num"] == 20 and not any(k.startswith("_fsdp") or "_orig_mod" in k for k in st["model"])
     # AdamW took exactly 20 steps: saving the iteration-0 checkpoint must not run a step of its own
     assert {float(s["step"]) for s in st["optimizer"]["state"].values()} == {20.0}

@@ -117,7 +117,7 @@ def test_train_logs_mfu_against_the_peak(char_dataset, tmp_path, monkeypatch, ca
     assert len(logged) == 2
     from minigpt import checkpoint
 
-    model, _, _ = checkpoint.load_model(out)
+    model = checkpoint.load_model(out).model
     fpt = flops.model_flops_per_token(model)
     for r in logged:
         assert r["mfu"] == pytest.approx(fpt * r["tokens_per_s"] / 1e15)

@@ -8,10 +8,10 @@ import torch
 from conftest import needs_gpt2, run
 
 transformers = pytest.importorskip("transformers")
-from minigpt import checkpoint, hf  # noqa: E402
+from minigpt import checkpoint  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 from minigpt.export import export_hf  # noqa: E402
-from minigpt.generate import generate  # noqa: E402
+from minigpt.generate import GREEDY, generate  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
@@ -42,13 +42,30 @@ def _hf_greedy(ref, idx, n):
 
 def test_import_matches_transformers_logits_and_greedy_tokens(hf_folder):
     folder, ref = hf_folder
-    model, tok = hf.load(str(folder))
+    loaded = checkpoint.load_model(str(folder))
+    model = loaded.model
+    assert loaded.state is None and loaded.tokenizer.spec() == {"kind": "tiktoken", "name": "gpt2"}
     assert model.config.activation == "gelu_tanh" and model.config.bias and model.config.block_size == 64
     idx = torch.randint(0, 50257, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=0)
     prompt = idx[:1, :8]
-    assert torch.equal(generate(model, prompt, 20, temperature=0), _hf_greedy(ref, prompt, 20))
+    assert torch.equal(generate(model, prompt, max_new_tokens=20, sampling=GREEDY), _hf_greedy(ref, prompt, 20))
+
+
+def test_greedy_matches_transformers_past_the_context_limit(hf_folder):
+    # GPT2LMHeadModel stops at n_positions; the reference slides the window by hand: at each step the
+    # last block_size tokens, from position 0, argmax. minigpt's cached generation must pick the same.
+    folder, ref = hf_folder
+    model = checkpoint.load_model(str(folder)).model
+    block = model.config.block_size
+    prompt = torch.randint(0, 50257, (1, 10), generator=torch.Generator().manual_seed(2))
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(block + 20):
+            logits = ref(ids[:, -block:]).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generate(model, prompt, max_new_tokens=block + 20, sampling=GREEDY), ids)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -62,8 +79,8 @@ def test_export_round_trip(tmp_path, bias):
     with torch.no_grad():
         torch.testing.assert_close(ref(idx).logits, model(idx), atol=1e-4, rtol=0)
     prompt = idx[:1, :4]
-    assert torch.equal(_hf_greedy(ref, prompt, 16), generate(model, prompt, 16, temperature=0))
-    again, _ = hf.load(str(dest))  # and back: the same model
+    assert torch.equal(_hf_greedy(ref, prompt, 16), generate(model, prompt, max_new_tokens=16, sampling=GREEDY))
+    again = checkpoint.load_model(str(dest)).model  # and back: the same model
     with torch.no_grad():
         torch.testing.assert_close(again(idx), model(idx), atol=1e-6, rtol=0)
 
@@ -72,9 +89,24 @@ def test_export_cli_and_bad_format(tmp_path):
     tok = {"kind": "char", "chars": "abc"}
     checkpoint.save(tmp_path / "ckpt.pt", GPT(GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=8)), tok)
     p = run("-m", "minigpt.export", f"--out_dir={tmp_path}", "--to=hf", str(tmp_path / "out"))
-    assert "not GPT-2's" in p.stdout and json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 3
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "not GPT-2's" in p.stdout and config["vocab_size"] == 3 and config["eos_token_id"] is None
     p = run("-m", "minigpt.export", f"--out_dir={tmp_path}", "--to=onnx", str(tmp_path / "o2"), check=False)
     assert p.returncode == 2 and "unknown export format" in p.stderr and "Traceback" not in p.stderr
+
+
+@needs_gpt2
+@pytest.mark.parametrize("kind", ["gpt2", "bytes"])
+def test_export_writes_the_tokenizers_end_of_text_id(tmp_path, kind):
+    # a byte-level BPE's <|endoftext|> follows its 256 tokens; the model's vocabulary is padded past
+    # GPT-2's 50257, where the export used to write GPT-2's 50256 whatever the tokenizer
+    from minigpt.tokenizer import PATTERNS, BPETokenizer, TiktokenTokenizer
+
+    tok = TiktokenTokenizer("gpt2") if kind == "gpt2" else BPETokenizer([bytes([i]) for i in range(256)], PATTERNS["gpt2"])
+    model = GPT(GPTConfig(block_size=8, vocab_size=50304, n_layer=1, n_head=1, n_embd=8))
+    checkpoint.save(tmp_path / "ckpt.pt", model, tok.spec())
+    config = json.loads((export_hf(tmp_path, tmp_path / "hf") / "config.json").read_text())
+    assert config["eos_token_id"] == config["bos_token_id"] == tok.eot_id == (50256 if kind == "gpt2" else 256)
 
 
 @needs_gpt2
@@ -97,20 +129,22 @@ def test_foreign_configs_are_refused(hf_folder, tmp_path, change, needle):
     config = {**json.loads((folder / "config.json").read_text()), **change}
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=needle):
-        hf.read(str(tmp_path))
+        checkpoint.load_model(str(tmp_path))
+    with pytest.raises(UserError, match=needle):
+        checkpoint.read_config(str(tmp_path))
 
 
 def test_folder_without_weights_is_refused(hf_folder, tmp_path):
     folder, _ = hf_folder
     (tmp_path / "config.json").write_text((folder / "config.json").read_text())
     with pytest.raises(UserError, match="no model.safetensors"):
-        hf.read(str(tmp_path))
+        checkpoint.load_model(str(tmp_path))
 
 
 @needs_gpt2
 def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpus_file, char_dataset):
     from minigpt import corpus, data
-    from minigpt.config import TrainConfig, build_config, train_sections
+    from minigpt.config import build_config, train_sections
     from minigpt.trainer import train
 
     folder, ref = hf_folder
@@ -119,7 +153,8 @@ def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpu
     args = {"dataset": str(ds), "init_from": str(folder), "max_iters": 0, "eval_iters": 1, "batch_size": 2,
             "block_size": 16, "device": "cpu", "plot": False, "out_dir": str(tmp_path / "out")}
     train(build_config(train_sections(), None, args))
-    model, tok, _ = checkpoint.load_model(tmp_path / "out")
+    loaded = checkpoint.load_model(tmp_path / "out")
+    model, tok = loaded.model, loaded.tokenizer
     assert model.config.block_size == 16 and tok.spec()["name"] == "gpt2"
     idx = torch.randint(0, 50257, (1, 16))
     with torch.no_grad():
@@ -127,3 +162,24 @@ def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpu
     with pytest.raises(UserError, match="tokenizer is gpt2"):
         train(build_config(train_sections(), None,
                            {**args, "dataset": str(char_dataset), "out_dir": str(tmp_path / "o2")}))
+
+
+def test_load_model_crops_to_a_shorter_context_and_reads_configs_alone(hf_folder, tmp_path):
+    import dataclasses
+
+    folder, ref = hf_folder
+    own = checkpoint.read_config(str(folder))
+    assert own == checkpoint.load_model(str(folder)).model.config and own.block_size == 64
+    short = dataclasses.replace(own, block_size=16, dropout=0.1)
+    model = checkpoint.load_model(str(folder), config=short).model
+    assert model.config == short and model.transformer.wpe.weight.shape[0] == 16
+    idx = torch.randint(0, 50257, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=0)  # eval mode: no dropout
+    with pytest.raises(UserError, match="longer than the context"):
+        checkpoint.load_model(str(folder), config=dataclasses.replace(own, block_size=128))
+    with pytest.raises(UserError, match="n_layer=2"):
+        checkpoint.load_model(str(folder), config=dataclasses.replace(own, n_layer=3))
+    checkpoint.save(tmp_path / "ckpt.pt", model, {"kind": "tiktoken", "name": "gpt2"}, iter_num=7)
+    assert checkpoint.read_config(tmp_path) == short  # a checkpoint: from its header, weights left unread
+    assert checkpoint.load_model(tmp_path / "ckpt.pt").description.endswith("(iter 7)")
