@@ -159,7 +159,7 @@ def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpu
     idx = torch.randint(0, 50257, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(idx), ref(idx).logits, atol=1e-4, rtol=0)
-    with pytest.raises(UserError, match="tokenizer is gpt2"):
+    with pytest.raises(UserError, match="trained with the gpt2 tokenizer"):
         train(build_config(train_sections(), None,
                            {**args, "dataset": str(char_dataset), "out_dir": str(tmp_path / "o2")}))
 
