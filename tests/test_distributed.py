@@ -29,11 +29,10 @@ def assert_same_weights(a, b, atol):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process, batch 8: the reference for 2 ranks x batch 4."""
-    from conftest import TEXT
-    from minigpt import corpus, data
+    from conftest import TEXT, prepare_text
 
     tmp = tmp_path_factory.mktemp("dist")
-    data.prepare(corpus.Corpus(TEXT, "test"), "char", tmp / "ds", 0.1)
+    prepare_text(TEXT, tmp / "ds")
     run("train.py", *args(dataset=tmp / "ds", out_dir=tmp / "single", batch_size=8, gradient_accumulation_steps=1))
     return tmp
 
