@@ -85,52 +85,54 @@ def open_source(source, text_field: str = "text", split: str = "train", input_fi
 
 # ---- texts in pieces -------------------------------------------------------------------------------
 
-def _safe_cut(text: str, start: int) -> int:
-    """The first place at or after `start` to cut `text` without changing any BPE token: after a newline
-    between a letter or digit and a non-space, which every split pattern (GPT-2, GPT-4, o200k) makes a
-    piece of its own. 0 if there is none."""
-    i = start
-    while (i := text.find("\n", i)) != -1 and i + 1 < len(text):
-        if i > 0 and text[i - 1].isalnum() and not text[i + 1].isspace():
-            return i + 1
-        i += 1
-    return 0
+# A newline between a letter or digit and a non-space character: every split pattern (GPT-2, GPT-4,
+# o200k) makes such a newline a token piece of its own, so cutting after it changes no BPE token.
+_SAFE_CUT = re.compile(r"[^\W_]\n(?=\S)")
 
 
 def _pieces(read: Callable[[int], str]) -> Iterator[str]:
-    """Read a text in blocks and cut it into pieces of about PIECE_CHARS at safe places (see _safe_cut); a
+    """Read a text in blocks and cut it into pieces of about PIECE_CHARS at safe places (_SAFE_CUT); a
     text with no safe place in 64 blocks is cut after its last newline there, or anywhere."""
-    text = ""
+    text, scan = "", 0  # scan: where the search for a safe place goes on
     while block := read(PIECE_CHARS):
         text += block
-        if len(text) < 2 * PIECE_CHARS:
-            continue
-        cut = _safe_cut(text, PIECE_CHARS)
-        if not cut and len(text) >= 64 * PIECE_CHARS:
-            cut = text.rfind("\n") + 1 or len(text)
-        if cut:
+        while len(text) >= 2 * PIECE_CHARS:
+            m = _SAFE_CUT.search(text, max(scan, PIECE_CHARS - 2))
+            if m:
+                cut = m.end()
+            elif len(text) >= 64 * PIECE_CHARS:
+                cut = text.rfind("\n") + 1 or len(text)
+            else:
+                scan = len(text) - 2  # the next block may complete a safe place at the very end
+                break
             yield text[:cut]
-            text = text[cut:]
+            text, scan = text[cut:], 0
     if text:
         yield text
 
 
 def text_document(text: str) -> Document:
+    if len(text) < 2 * PIECE_CHARS:  # most rows of a dataset: one piece
+        return Document(len(text), lambda: iter([text] if text else []))
     return Document(len(text), lambda: _pieces(io.StringIO(text).read))
 
 
 def _file_document(f: Path) -> Document:
-    """A text file as one document: its characters are counted in a first pass that also checks it is text."""
+    """A text file as one document, checked to be UTF-8 text while its characters are counted."""
     with open(f, "rb") as fh:
         if b"\0" in fh.read(8192):
             raise UserError(f"{f} looks like a binary file (it holds NUL bytes); give text files only")
-    def read_blocks() -> Iterator[str]:
-        try:
-            with open(f, encoding="utf-8", newline="") as fh:  # newline="": the text as it is, \r\n included
-                yield from _pieces(fh.read)
-        except UnicodeDecodeError:
-            raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
-    return Document(sum(map(len, read_blocks())), read_blocks)
+    try:
+        with open(f, encoding="utf-8", newline="") as fh:  # newline="": the text as it is, \r\n included
+            chars = sum(map(len, iter(lambda: fh.read(1 << 20), "")))
+    except UnicodeDecodeError:
+        raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
+
+    def pieces() -> Iterator[str]:
+        with open(f, encoding="utf-8", newline="") as fh:
+            yield from _pieces(fh.read)
+
+    return Document(chars, pieces)
 
 
 def _files(path: Path) -> list[Path]:

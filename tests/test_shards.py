@@ -140,3 +140,8 @@ def test_align_to_doc_starts_windows_at_documents(tmp_path):
 def test_align_to_doc_needs_an_end_of_text_token(char_dataset):
     with pytest.raises(UserError, match="end-of-text"):
         Batches(TokenDataset(char_dataset), 16, 4, seed=0, align_to_doc=True)
+
+
+def test_token_dtype_is_the_smallest_that_holds_every_id():
+    assert shards.token_dtype(50257) == shards.token_dtype(1 << 16) == np.uint16  # ids up to 65535
+    assert shards.token_dtype((1 << 16) + 1) == shards.token_dtype(100277) == np.uint32
