@@ -311,8 +311,8 @@ def speedrun_dataset(data_dir: str, tmp: Path) -> Path:
     if (prepared / "meta.json").is_file():
         return prepared
     out = tmp / "tinyshakespeare"
-    subprocess.run([sys.executable, str(ROOT / "data" / "prepare.py"), "tinyshakespeare", "--input",
-                    str(tinyshakespeare_input(data_dir)), "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(ROOT / "data" / "prepare.py"), "tinyshakespeare",
+                    f"--input={tinyshakespeare_input(data_dir)}", f"--out={out}"], check=True, stdout=subprocess.DEVNULL)
     return out
 
 
@@ -350,7 +350,7 @@ def run_speedrun(quick: bool, data_dir: str, runs: int = 3) -> list[dict]:
 
 def make_text_corpus(folder, n_bytes: int, seed: int = 0):
     """About `n_bytes` of text in ~5 MB files: the bundled plays, each copy with its speeches shuffled."""
-    speeches = shakespeare().text.split("\n\n")
+    speeches = "\n".join(d.text() for d in shakespeare().documents()).split("\n\n")
     rng, folder, written, i = random.Random(seed), Path(folder), 0, 0
     folder.mkdir(parents=True, exist_ok=True)
     while written < n_bytes:
@@ -380,7 +380,7 @@ def prepare_bench(source: str, num_proc: int, out: str) -> dict:
     """Run `python data/prepare.py SOURCE --tokenizer=gpt2` as a user does (start-up included): throughput,
     peak RSS of its whole process tree (sampled) and of its largest single process (getrusage)."""
     cmd = [sys.executable, str(ROOT / "data" / "prepare.py"), source, "--tokenizer=gpt2", f"--num_proc={num_proc}",
-           "--out", out, "--overwrite"]
+           f"--out={out}", "--overwrite"]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full pipe would stall the child
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)

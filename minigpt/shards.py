@@ -1,45 +1,31 @@
-"""Sharded token files and the streaming preparation that writes them, for corpora of any size.
+"""The on-disk format of a prepared dataset: shard files, and a folder of them described by meta.json.
 
-A sharded dataset is a folder of shard files plus `meta.json`:
+A dataset is a folder of shard files plus `meta.json`:
 
     train_000000.bin, train_000001.bin, ..., val_000000.bin, ...
     meta.json   tokenizer spec, dtype, source, how the split was made, and per split its shards
                 (file, token count, sha256), tokens, bytes of text and documents
 
 Each shard is a 32-byte header (magic, format version, bytes per token, token count) followed by
-the token ids. A split is one long token stream cut into shards of `shard_size` tokens (the last
-one shorter), so a window may run from one shard into the next. Every document ends with the
-tokenizer's end-of-text token.
-
-`prepare` streams pieces of text from a source (minigpt.corpus.stream), tokenizes batches of them in
-`num_proc` worker processes with tiktoken's batch encoder, and appends the ids to the current shard of
-their split as results come back in order, so memory stays flat and the output does not depend on
-`num_proc`. Each piece goes to val or train by its index alone. After every finished shard (and on
-Ctrl-C) it records how far it got in `prepare_state.json`; running it again continues from there
-and produces the same files as an uninterrupted run.
+the token ids (uint16 when the vocabulary fits, else uint32). A split is one long token stream cut
+into shards of `shard_size` tokens (the last one shorter), so a window may run from one shard into
+the next; `Tokens` shows it as one array. `ShardWriter` writes a split as its tokens arrive (see
+minigpt.prepare for the pipeline that feeds it). `python -m minigpt.shards DIR` checks a dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import multiprocessing as mp
 import os
-import signal
 import struct
-import sys
-import time
-from collections import deque
-from itertools import chain, islice
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
+from .config import opt, parse_cli
 from .errors import UserError, run_cli
-from .fileio import atomic_write_json
 
 FORMAT = "minigpt-shards"
 MAGIC = b"MGPTSHRD"
@@ -47,7 +33,6 @@ VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")  # magic, version, bytes per token, token count, padding: 32 bytes
 DTYPES = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32)}
 SPLITS = ("train", "val")
-STATE = "prepare_state.json"
 VERIFY_LIMIT = 1 << 30  # datasets up to this many bytes are sha256-checked whenever they are opened
 
 
@@ -128,9 +113,6 @@ class Tokens:
             m = which == i
             out[m] = self.arrays[i][idx[m] - self.starts[i]]
         return out
-
-    def tolist(self) -> list[int]:
-        return self[:].tolist()
 
 
 def load_split(path: Path, meta: dict, split: str, verify: bool) -> Tokens:
@@ -227,178 +209,6 @@ class ShardWriter:
         return {"shards": self.shards, "partial": self.n, **self.counts}
 
 
-# ---- the streaming pipeline -----------------------------------------------------------------------
-
-def is_val(index: int, val_fraction: float) -> bool:
-    """Piece `index` goes to val when the running count floor(i * fraction) steps up: exactly a
-    `val_fraction` share of the pieces, spread evenly, decided by the index alone."""
-    return math.floor((index + 1) * val_fraction) > math.floor(index * val_fraction)
-
-
-_TOK = None  # the tokenizer of a worker process
-
-
-def _init_worker(spec: dict, quiet_sigint: bool) -> None:
-    global _TOK
-    from .tokenizer import from_spec
-
-    if quiet_sigint:  # Ctrl-C is handled by the main process, which saves the progress
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _TOK = from_spec(spec)
-
-
-def _encode(texts: list[str], ends: list[bool], val: list[bool], dtype: str) -> dict:
-    """Tokenize a batch of pieces; end-of-text after each document; ids grouped by split, in order."""
-    ids = _TOK.enc.encode_ordinary_batch(texts, num_threads=1)  # one thread: --num_proc is the parallelism
-    out = {}
-    for split, want in (("train", False), ("val", True)):
-        pick = [i for i, v in enumerate(val) if v == want]
-        parts = [ids[i] + [_TOK.eot_id] if ends[i] else ids[i] for i in pick]
-        out[split] = {
-            "ids": np.fromiter(chain.from_iterable(parts), dtype=dtype, count=sum(map(len, parts))),
-            "bytes": sum(len(texts[i].encode("utf-8")) for i in pick),
-            "documents": sum(ends[i] for i in pick),
-            "pieces": len(pick),
-        }
-    return out
-
-
-def _batches(pieces: Iterator, start: int, val_fraction: float, batch_chars: int) -> Iterator[tuple]:
-    """Group pieces into batches of about `batch_chars` characters: (index after the batch, texts, ends, val)."""
-    texts, ends, val, n, i = [], [], [], 0, start
-    for text, end in pieces:
-        texts.append(text)
-        ends.append(end)
-        val.append(is_val(i, val_fraction))
-        n += len(text)
-        i += 1
-        if n >= batch_chars or len(texts) >= 4096:
-            yield i, texts, ends, val
-            texts, ends, val, n = [], [], [], 0
-    if texts:
-        yield i, texts, ends, val
-
-
-def _settings(tok, stream_source: str, shard_size: int, val_fraction: float) -> dict:
-    return {"tokenizer": tok.spec(), "source": stream_source, "shard_size": shard_size, "val_fraction": val_fraction}
-
-
-def prepare(stream, tok, out_dir: str | Path, shard_size: int = 100_000_000, val_fraction: float = 0.1,
-            num_proc: int = 1, overwrite: bool = False, batch_chars: int = 1 << 20) -> dict:
-    """Tokenize a corpus.Stream into a sharded dataset under `out_dir` (resuming an unfinished one); return meta."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if shard_size < 1 or num_proc < 1:
-        raise UserError(f"--shard_size and --num_proc must be positive, got {shard_size} and {num_proc}")
-    if getattr(tok, "eot_id", None) is None or not hasattr(tok, "enc"):
-        raise UserError("sharded preparation needs a BPE tokenizer with an end-of-text token (gpt2, a tiktoken "
-                        "name or your own --tokenizer FILE); the char tokenizer writes single-file datasets "
-                        "(data.prepare)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(tok, stream.source, shard_size, val_fraction)
-    state_path = out / STATE
-    if overwrite:
-        for f in [*out.glob("*.bin"), *out.glob("*.bin.partial"), out / STATE, out / "meta.json"]:
-            f.unlink(missing_ok=True)
-    if (out / "meta.json").is_file():
-        raise UserError(f"{out} already holds a prepared dataset; pass --overwrite to prepare it again, or choose "
-                        f"another --out")
-    state = json.loads(state_path.read_text()) if state_path.is_file() else None
-    if state is not None and state["settings"] != settings:
-        raise UserError(f"{out} holds an unfinished preparation with other settings (source, tokenizer, "
-                        f"shard_size or val_fraction); repeat those to resume it, or pass --overwrite")
-    dtype = token_dtype(tok.vocab_size)
-    writers = {s: ShardWriter(out, s, dtype, shard_size, state and state["splits"][s]) for s in SPLITS}
-    done = state["pieces"] if state else 0
-
-    def save_state(pieces: int) -> None:
-        for w in writers.values():
-            w.sync()  # the partial files hold at least what the state says before the state says it
-        atomic_write_json(state_path, {"settings": settings, "pieces": pieces,
-                                       "splits": {s: w.state() for s, w in writers.items()}})
-
-    if done:
-        print(f"resuming: {done:,} pieces already prepared, "
-              f"{sum(len(w.shards) for w in writers.values())} shards finished", file=sys.stderr)
-    batches = _batches(islice(stream.pieces(), done, None), done, val_fraction, batch_chars)
-    bar = tqdm(desc="preparing", unit=" docs", dynamic_ncols=True, mininterval=1.0)
-    t0, n_bytes = time.time(), 0
-
-    def consume(end: int, result: dict) -> None:
-        nonlocal done, n_bytes
-        finished = False
-        for split, r in result.items():
-            finished |= writers[split].write(r["ids"])
-            for k in ("bytes", "documents", "pieces"):
-                writers[split].counts[k] += r[k]
-            writers[split].counts["tokens"] += int(r["ids"].size)
-            bar.update(r["documents"])
-            n_bytes += r["bytes"]
-        done = end
-        if finished:
-            save_state(done)
-        bar.set_postfix(tokens=f"{sum(w.counts['tokens'] for w in writers.values()):,}",
-                        MBps=f"{n_bytes / 1e6 / max(time.time() - t0, 1e-9):.1f}", refresh=False)
-
-    try:
-        if num_proc == 1:  # in this process: the single-core reference
-            _init_worker(tok.spec(), quiet_sigint=False)
-            for end, texts, ends, val in batches:
-                consume(end, _encode(texts, ends, val, dtype.name))
-        else:
-            with mp.get_context("spawn").Pool(num_proc, _init_worker, (tok.spec(), True)) as pool:
-                pending: deque = deque()  # at most 2 batches per worker in flight: memory stays flat
-                for end, texts, ends, val in batches:
-                    pending.append((end, pool.apply_async(_encode, (texts, ends, val, dtype.name))))
-                    if len(pending) >= 2 * num_proc:
-                        consume(pending[0][0], pending.popleft()[1].get())
-                while pending:
-                    consume(pending[0][0], pending.popleft()[1].get())
-    except KeyboardInterrupt:
-        save_state(done)
-        bar.close()
-        raise UserError(f"interrupted after {done:,} pieces; run the same command again to resume") from None
-    except BaseException:
-        bar.close()
-        for w in writers.values():
-            w.f.close()
-        raise
-    bar.close()
-
-    counts = {s: w.counts for s, w in writers.items()}
-    if counts["train"]["bytes"] + counts["val"]["bytes"] == 0:
-        for w in writers.values():
-            w.discard()
-        state_path.unlink(missing_ok=True)
-        raise UserError(f"{stream.source} holds no text; give a source with some text in it")
-    if counts["val"]["pieces"] == 0:
-        save_state(done)
-        raise UserError(f"{stream.source} has only {counts['train']['pieces']} pieces of text, too few for a "
-                        f"{val_fraction} validation share; raise --val_fraction or add text")
-    for w in writers.values():
-        w.finish()
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "tokenizer": tok.spec(),
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype.name,
-        "source": stream.source,
-        "split": {"by": "piece (a document, or a ~32k-character part of a long text file)",
-                  "val_fraction": val_fraction, "rule": "piece i is val iff floor((i+1)*f) > floor(i*f)"},
-        "shard_size": shard_size,
-        "splits": {s: {"shards": w.shards, **w.counts} for s, w in writers.items()},
-        "val_fraction": val_fraction,
-    }
-    for s, w in writers.items():  # the flat keys the single-file format has too
-        meta[f"{s}_tokens"] = w.counts["tokens"]
-        meta[f"{s}_bytes"] = w.counts["bytes"]
-    atomic_write_json(out / "meta.json", meta)  # written last: a dataset with meta.json is complete
-    state_path.unlink(missing_ok=True)
-    return meta
-
-
 def verify(path: str | Path) -> dict:
     """Check every shard of a prepared dataset against meta.json (headers, sizes, sha256)."""
     path = Path(path)
@@ -413,12 +223,20 @@ def verify(path: str | Path) -> dict:
     return meta
 
 
+@dataclass
+class VerifyConfig:
+    dataset: str = opt("", "folder of a prepared dataset (with meta.json)")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] != "verify":
-        raise UserError("usage: python -m minigpt.shards verify DATASET_DIR")
-    meta = verify(argv[1])
+    cfg = parse_cli(argv, {"verify": VerifyConfig}, "python -m minigpt.shards",
+                    "Check every shard of a prepared dataset against its meta.json (headers, sizes, sha256).",
+                    positional="dataset").verify
+    if not cfg.dataset:
+        raise UserError("name the dataset folder to check: python -m minigpt.shards DIR")
+    meta = verify(cfg.dataset)
     n = sum(len(meta["splits"][s]["shards"]) for s in SPLITS)
-    print(f"{argv[1]}: {n} shards, {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, all intact")
+    print(f"{cfg.dataset}: {n} shards, {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, all intact")
     return 0
 
 

@@ -1,23 +1,24 @@
 """Tokenizers behind one small interface: encode, decode, vocab_size, eot_id, and a JSON spec round trip.
 
 `CharTokenizer` maps each character of a corpus to an id; `TiktokenTokenizer` wraps any tiktoken
-encoding (GPT-2's BPE by default); `BPETokenizer` is your own byte-level BPE, trained with
-`python -m minigpt.tokenizer train` and run by tiktoken. `spec()` is a JSON-compatible dict that
+encoding (GPT-2's BPE by default); `BPETokenizer` is your own byte-level BPE (trained by
+`python -m minigpt.bpe`, see minigpt/bpe.py) run by tiktoken. `spec()` is a JSON-compatible dict that
 travels in `meta.json` and in every checkpoint; `from_spec(spec)` rebuilds the same tokenizer from it.
-
-Training (`train_bpe`) uses Hugging Face `tokenizers`, then converts its merges to tiktoken's
-"mergeable ranks" (token bytes -> rank, rank = merge order), so encoding runs at tiktoken's speed.
+`encode_batch` is what the data preparation calls, one batch of texts per worker task.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
-from .errors import UserError, run_cli
+import numpy as np
+
+from .errors import UserError
+
+EOT = "<|endoftext|>"
 
 
 class Tokenizer(Protocol):
@@ -28,25 +29,32 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: list[int]) -> str: ...
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
     def spec(self) -> dict: ...
 
 
 class CharTokenizer:
-    """Character-level tokenizer: the vocabulary is the sorted set of characters of the corpus."""
+    """Character-level tokenizer: the vocabulary is the sorted set of characters of the corpus.
+
+    With `eot` (a corpus of several documents) one more id, after the characters, is the end-of-text
+    token that separates documents; a single text (tinyshakespeare) needs none, so its ids are nanoGPT's.
+    """
 
     kind = "char"
 
-    def __init__(self, chars: str | list[str]):
+    def __init__(self, chars: str | list[str] | set[str], eot: bool = False):
         self.chars = "".join(sorted(set(chars)))
         if not self.chars:
             raise UserError("cannot build a character vocabulary from empty text")
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
-        self.vocab_size = len(self.chars)
-        self.eot_id = None
+        self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted: searchsorted maps them
+        self.vocab_size = len(self.chars) + eot
+        self.eot_id = len(self.chars) if eot else None
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        return cls(set(text))
+    def from_text(cls, text: str, eot: bool = False) -> "CharTokenizer":
+        return cls(set(text), eot)
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -54,14 +62,25 @@ class CharTokenizer:
         except KeyError as e:
             raise UserError(
                 f"character {e.args[0]!r} is not in this model's character vocabulary "
-                f"({self.vocab_size} characters seen in its training text); remove it from the text"
+                f"({len(self.chars)} characters seen in its training text); remove it from the text"
             ) from None
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        out = []
+        for text in texts:  # vectorised: one code point per character, looked up in the sorted vocabulary
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            ids = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
+            if not np.array_equal(self._codes[ids], codes):
+                self.encode(text)  # raises, naming the unknown character
+            out.append(ids.tolist())
+        return out
+
     def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+        return "".join(EOT if i == self.eot_id else self.chars[i] for i in ids)
 
     def spec(self) -> dict:
-        return {"kind": "char", "chars": self.chars}
+        # "eot" only when present: a single text's spec stays what it always was
+        return {"kind": "char", "chars": self.chars, **({"eot": True} if self.eot_id is not None else {})}
 
 
 class _Tiktoken:
@@ -71,6 +90,9 @@ class _Tiktoken:
 
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)  # plain text: special-token strings are not special here
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=1)  # one thread: the workers are the parallelism
 
     def decode(self, ids: list[int]) -> str:
         return self.enc.decode(ids)
@@ -101,14 +123,6 @@ class TiktokenTokenizer(_Tiktoken):
 
     def spec(self) -> dict:
         return {"kind": "tiktoken", "name": self.name}
-
-
-# Split patterns: text is cut into pieces by one of these regexes before BPE merges within each piece.
-PATTERNS = {
-    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",
-}
-EOT = "<|endoftext|>"
 
 
 class BPETokenizer(_Tiktoken):
@@ -146,14 +160,14 @@ class BPETokenizer(_Tiktoken):
 
 
 def load_file(path: str | Path) -> BPETokenizer:
-    """A tokenizer file written by `python -m minigpt.tokenizer train`."""
+    """A tokenizer file written by `python -m minigpt.bpe`."""
     try:
         spec = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"tokenizer file {path} cannot be read ({e}); train one with "
-                        f"`python -m minigpt.tokenizer train`") from None
+                        f"`python -m minigpt.bpe`") from None
     if not isinstance(spec, dict) or spec.get("kind") != "bpe" or "tokens" not in spec:
-        raise UserError(f"{path} is not a minigpt BPE tokenizer file; train one with `python -m minigpt.tokenizer train`")
+        raise UserError(f"{path} is not a minigpt BPE tokenizer file; train one with `python -m minigpt.bpe`")
     return BPETokenizer.from_dict(spec)
 
 
@@ -161,7 +175,7 @@ def from_spec(spec: dict) -> Tokenizer:
     """Rebuild a tokenizer from the spec stored in meta.json or a checkpoint."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "char":
-        return CharTokenizer(spec["chars"])
+        return CharTokenizer(spec["chars"], bool(spec.get("eot", False)))
     if kind == "tiktoken":
         return TiktokenTokenizer(spec.get("name", "gpt2"))
     if kind == "bpe":
@@ -169,117 +183,11 @@ def from_spec(spec: dict) -> Tokenizer:
     raise UserError(f"unknown tokenizer spec {str(spec)[:80]!r}; expected kind 'char', 'tiktoken' or 'bpe'")
 
 
-def build(kind: str, text: str | None = None) -> Tokenizer:
-    """The tokenizer named on the command line: 'char' (vocabulary from `text`), a BPE file, or a tiktoken name."""
-    if kind == "char":
-        if text is None:
-            raise ValueError("a char tokenizer needs the corpus text to build its vocabulary")
-        return CharTokenizer.from_text(text)
-    if kind.endswith(".json") or Path(kind).is_file():
-        if not Path(kind).is_file():
-            raise UserError(f"tokenizer file {kind} does not exist; train one with `python -m minigpt.tokenizer train`")
-        return load_file(kind)
-    return TiktokenTokenizer(kind)
-
-
-# ---- training your own BPE -------------------------------------------------------------------------
-
-def _unicode_to_byte() -> dict[str, int]:
-    """Inverse of GPT-2's bytes_to_unicode: Hugging Face's ByteLevel writes each byte as a printable character."""
-    from tokenizers import pre_tokenizers
-
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, n = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + n)] = b  # bytes without a printable form are shifted past 255, in order
-            n += 1
-    assert set(chars) == set(pre_tokenizers.ByteLevel.alphabet())
-    return chars
-
-
-def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4", name: str = "bpe") -> BPETokenizer:
-    """Train a byte-level BPE of `vocab_size` tokens (256 bytes + merges + <|endoftext|>) on `texts`."""
-    return from_hf(train_hf(texts, vocab_size, pattern), PATTERNS[pattern], name)
-
-
-def train_hf(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4"):
-    """The Hugging Face `tokenizers` BPE training, pre-tokenizing exactly as tiktoken will."""
-    from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-
-    if vocab_size < 256 + 1:
-        raise UserError(f"--vocab_size={vocab_size} is too small: a byte-level BPE needs at least 256 byte tokens "
-                        f"+ 1 special token (<|endoftext|>) = 257")
-    if pattern not in PATTERNS:
-        raise UserError(f"unknown split pattern '{pattern}'; use one of {', '.join(PATTERNS)}")
-    hf = HFTokenizer(models.BPE())
-    # the same pieces tiktoken will see: split with the pattern, then map bytes to ByteLevel's characters
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PATTERNS[pattern]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=[], show_progress=False)
-    hf.train_from_iterator(texts, trainer=trainer)
-    return hf
-
-
-def from_hf(hf, pat_str: str, name: str = "bpe") -> BPETokenizer:
-    """Convert a trained HF byte-level BPE to tiktoken's ranks: the 256 bytes, then each merge's result in order."""
-    merges = json.loads(hf.to_str())["model"]["merges"]
-    to_byte = _unicode_to_byte()
-    as_bytes = lambda s: bytes(to_byte[c] for c in s)  # noqa: E731
-    tokens = [bytes([b]) for b in range(256)]
-    seen = set(tokens)
-    for m in merges:
-        left, right = m if isinstance(m, list) else m.split(" ")
-        tok = as_bytes(left) + as_bytes(right)
-        if tok not in seen:
-            seen.add(tok)
-            tokens.append(tok)
-    return BPETokenizer(tokens, pat_str, name)
-
-
-def sample_texts(sources: list[str], max_chars: int, text_field: str = "text") -> Iterator[str]:
-    """Up to `max_chars` characters of text from the sources, piece by piece (the training sample)."""
-    from . import corpus
-
-    left = max_chars
-    for source in sources:
-        for text, _ in corpus.stream(source, text_field=text_field).pieces():
-            if left <= 0:
-                return
-            yield text[:left]
-            left -= len(text)
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m minigpt.tokenizer", description="Train your own byte-level BPE.")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a byte-level BPE on a sample of a corpus")
-    t.add_argument("--input", action="append", required=True,
-                   help="a source as data/prepare.py takes it (text/JSONL/parquet file or folder, hf:NAME[:CONFIG], "
-                        "shakespeare); repeat for several")
-    t.add_argument("--vocab_size", type=int, required=True, help="tokens in total, <|endoftext|> included")
-    t.add_argument("--out", required=True, help="where to write the tokenizer (.json)")
-    t.add_argument("--pattern", default="gpt4", choices=sorted(PATTERNS), help="split pattern (default: gpt4)")
-    t.add_argument("--sample_mb", type=float, default=100.0, help="train on at most this many MB of text")
-    t.add_argument("--text_field", default="text", help="column holding the text (JSONL, parquet, hf:)")
-    args = p.parse_args(argv)
-    if args.vocab_size < 257:  # before reading any text
-        raise UserError(f"--vocab_size={args.vocab_size} is too small: a byte-level BPE needs at least 256 byte "
-                        f"tokens + 1 special token (<|endoftext|>) = 257")
-    name = Path(args.out).stem
-    tok = train_bpe(sample_texts(args.input, int(args.sample_mb * 1e6), args.text_field), args.vocab_size,
-                    args.pattern, name)
-    tok.save(args.out)
-    print(f"BPE tokenizer '{name}': {tok.vocab_size:,} tokens ({args.pattern} split pattern) written to {args.out}; "
-          f"use it with `python data/prepare.py SOURCE --tokenizer {args.out}`")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)
+def build(name: str) -> Tokenizer:
+    """The BPE tokenizer named on the command line: a tokenizer file (.json) or a tiktoken encoding name.
+    (A char vocabulary comes from the corpus: minigpt.prepare builds it.)"""
+    if name.endswith(".json") or Path(name).is_file():
+        if not Path(name).is_file():
+            raise UserError(f"tokenizer file {name} does not exist; train one with `python -m minigpt.bpe`")
+        return load_file(name)
+    return TiktokenTokenizer(name)

@@ -224,12 +224,12 @@ def estimate_loss(run: Run) -> dict[str, float]:
     run.model.eval()
     out = {}
     for split in ("train", "val"):
-        losses = torch.zeros(run.t.eval_iters)
-        for k in range(run.t.eval_iters):
-            x, y = run.batches.get(split)
+        losses = []
+        # the same windows at every evaluation, drawn apart from the training stream
+        for x, y in run.batches.eval_batches(split, run.t.eval_iters):
             with run.rt.autocast():
-                losses[k] = lm_loss(run.model(x[run.rows].to(run.rt.device)), y[run.rows].to(run.rt.device)).item()
-        out[split] = distributed.mean(losses.mean().item(), run.world, run.rt.device)
+                losses.append(lm_loss(run.model(x[run.rows].to(run.rt.device)), y[run.rows].to(run.rt.device)).item())
+        out[split] = distributed.mean(sum(losses) / len(losses), run.world, run.rt.device)
     run.model.train()
     return out
 

@@ -57,10 +57,17 @@ def run(*args, cwd=ROOT, check=True, env=None):
     return proc
 
 
+def prepare_text(text: str, out: Path, tokenizer: str = "char", **kw) -> Path:
+    """A dataset prepared from one text (a single document) by the one pipeline, as data/prepare.py does it."""
+    from minigpt import corpus, prepare, tokenizer as tokenizers
+
+    source = corpus.Source(lambda: iter([corpus.text_document(text)]), "test text")
+    tok = prepare.char_tokenizer(source) if tokenizer == "char" else tokenizers.build(tokenizer)
+    prepare.prepare_dataset(source, tok, out, **kw)
+    return out
+
+
 @pytest.fixture
 def char_dataset(tmp_path, corpus_file) -> Path:
-    from minigpt import corpus, data
-
-    out = tmp_path / "ds"
-    data.prepare(corpus.text_files(corpus_file), "char", out, 0.1)
-    return out
+    """TEXT prepared at character level: the first 90% of its characters train, the rest val."""
+    return prepare_text(corpus_file.read_text(), tmp_path / "ds")

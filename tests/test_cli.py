@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("e2e")
     (tmp / "corpus.txt").write_text(TEXT)
-    run("data/prepare.py", str(tmp / "corpus.txt"), "--out", str(tmp / "ds"))
+    run("data/prepare.py", str(tmp / "corpus.txt"), f"--out={tmp / 'ds'}")
     out = tmp / "out"
     p = run("train.py", *TINY, f"--dataset={tmp / 'ds'}", f"--out_dir={out}")
     return tmp, out, p
@@ -114,6 +114,6 @@ def test_unknown_prompt_character_and_small_dataset(trained, tmp_path):
     p = run("sample.py", f"--out_dir={out}", "--start=Zebra\u00e9", check=False)
     assert p.returncode != 0 and "not in this model's character vocabulary" in p.stderr
     (tmp_path / "small.txt").write_text("tiny text " * 5)
-    run("data/prepare.py", str(tmp_path / "small.txt"), "--out", str(tmp_path / "small"))
+    run("data/prepare.py", str(tmp_path / "small.txt"), f"--out={tmp_path / 'small'}")
     p = run("train.py", "--preset=tiny", f"--dataset={tmp_path / 'small'}", f"--out_dir={tmp_path / 'o'}", check=False)
     assert p.returncode != 0 and "fewer than block_size" in p.stderr

@@ -35,11 +35,10 @@ SPLIT = dict(batch_size=4, gradient_accumulation_steps=4)
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     """One process, batch 8, 2 micro-steps, no dropout: the reference for 2 ranks."""
-    from conftest import TEXT
-    from minigpt import corpus, data
+    from conftest import TEXT, prepare_text
 
     tmp = tmp_path_factory.mktemp("dist")
-    data.prepare(corpus.Corpus(TEXT, "test"), "char", tmp / "ds", 0.1)
+    prepare_text(TEXT, tmp / "ds")
     run("train.py", *args(dataset=tmp / "ds", out_dir=tmp / "single", batch_size=8, gradient_accumulation_steps=2))
     return tmp
 

@@ -143,13 +143,13 @@ def test_folder_without_weights_is_refused(hf_folder, tmp_path):
 
 @needs_gpt2
 def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpus_file, char_dataset):
-    from minigpt import corpus, data
+    from conftest import prepare_text
     from minigpt.config import build_config, train_sections
     from minigpt.trainer import train
 
     folder, ref = hf_folder
     ds = tmp_path / "ds_gpt2"
-    data.prepare(corpus.text_files(corpus_file), "gpt2", ds, 0.1)
+    prepare_text(corpus_file.read_text(), ds, "gpt2")
     args = {"dataset": str(ds), "init_from": str(folder), "max_iters": 0, "eval_iters": 1, "batch_size": 2,
             "block_size": 16, "device": "cpu", "plot": False, "out_dir": str(tmp_path / "out")}
     train(build_config(train_sections(), None, args))

@@ -1,18 +1,18 @@
-"""Streaming preparation: local files and in-memory datasets, worker processes, resume, one line for bad input."""
+"""The preparation pipeline: every source, the split, worker processes, resume, one line for bad input."""
 
 import json
 
 import pytest
 
 from conftest import needs_gpt2, run
-from minigpt import corpus, shards
+from minigpt import corpus, prepare
 from minigpt.data import TokenDataset
 from minigpt.errors import UserError
-
-pytestmark = needs_gpt2
+from minigpt.prepare import STATE, char_tokenizer, prepare_dataset
 
 DOCS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (3 + i % 7) + "ünïcödé ✓\n"
         for i in range(60)]
+EOT = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +24,63 @@ def gpt2():
 
 def tokens(path) -> dict[str, list[int]]:
     ds = TokenDataset(path)
-    return {s: ds.splits[s].tolist() for s in ("train", "val")}
+    return {s: ds.splits[s][:].tolist() for s in ("train", "val")}
+
+
+def texts(path) -> dict[str, str]:
+    ds = TokenDataset(path)
+    return {s: ds.tokenizer.decode(ids) for s, ids in tokens(path).items()}
 
 
 def files(path) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in sorted(path.glob("*.bin"))}
 
 
+def numbered_lines(first: int, n: int) -> str:
+    return "".join(f"{i:06d} line of text\n" for i in range(first, first + n))
+
+
+@pytest.mark.parametrize("tokenizer", ["char", pytest.param("gpt2", marks=needs_gpt2)])
+def test_split_ranges_are_contiguous_source_text(tmp_path, monkeypatch, tokenizer):
+    """Bug #9: no split may join text that was not adjacent in the source, except at an end-of-text."""
+    monkeypatch.setattr(corpus, "PIECE_CHARS", 200)  # many pieces per file
+    monkeypatch.setattr(prepare, "LONG_DOC", 2000)
+    src = tmp_path / "src"
+    src.mkdir()
+    sources = [numbered_lines(k * 10_000, 300 if k < 3 else 5) for k in range(23)]  # 3 long files, 20 short
+    for k, text in enumerate(sources):
+        (src / f"{k:02d}.txt").write_text(text)
+    source = corpus.open_source(str(src))
+    tok = char_tokenizer(source) if tokenizer == "char" else prepare.tokenizers.build("gpt2")
+    assert tok.eot_id is not None  # several documents: a char vocabulary gets an end-of-text id too
+    prepare_dataset(source, tok, tmp_path / "ds", shard_size=1000)
+    got = texts(tmp_path / "ds")
+    for split, text in got.items():
+        assert text.endswith(EOT)
+        for part in text.split(EOT)[:-1]:  # every range is one piece of one source file
+            assert part and any(part in s for s in sources), (split, part[:80])
+    for text in sources[:3]:  # a long file: its first 90% of characters train, the rest val
+        cut = int(len(text) * 0.9)
+        assert text[:cut] + EOT in got["train"] and text[cut:] + EOT in got["val"]
+    assert [s for s in sources[3:] if s + EOT in got["val"]] == [sources[k] for k in (9, 19)]  # documents 9, 19
+
+
+@needs_gpt2
+def test_one_long_text_is_cut_once(tmp_path, gpt2, monkeypatch):
+    monkeypatch.setattr(corpus, "PIECE_CHARS", 200)
+    f = tmp_path / "long.txt"
+    text = numbered_lines(0, 500)
+    f.write_text(text)
+    assert "".join(corpus.open_source(str(f)).documents().__next__().pieces()) == text
+    meta = prepare_dataset(corpus.open_source(str(f)), gpt2, tmp_path / "ds", shard_size=1000)
+    cut = int(len(text) * 0.9)
+    # the pieces were cut where no token changes: the ids are those of the whole text's two parts
+    assert tokens(tmp_path / "ds") == {"train": gpt2.encode(text[:cut]) + [gpt2.eot_id],
+                                       "val": gpt2.encode(text[cut:]) + [gpt2.eot_id]}
+    assert meta["train_bytes"] + meta["val_bytes"] == len(text.encode())
+
+
+@needs_gpt2
 def test_jsonl_parquet_and_in_memory_dataset_give_the_same_tokens(tmp_path, gpt2):
     import datasets
 
@@ -42,103 +92,112 @@ def test_jsonl_parquet_and_in_memory_dataset_give_the_same_tokens(tmp_path, gpt2
     results = []
     for name, source in [("jsonl", str(tmp_path / "docs.jsonl")), ("parquet", str(tmp_path / "pq")),
                          ("memory", ds), ("iterable", ds.to_iterable_dataset())]:
-        meta = shards.prepare(corpus.stream(source), gpt2, tmp_path / name, shard_size=300, val_fraction=0.1)
+        meta = prepare_dataset(corpus.open_source(source), gpt2, tmp_path / name, shard_size=300)
         assert meta["splits"]["val"]["documents"] == 6 and meta["splits"]["train"]["documents"] == 54
         results.append(tokens(tmp_path / name))
     assert all(r == results[0] for r in results)
-    val_docs = gpt2.decode(results[0]["val"]).split("<|endoftext|>")
+    val_docs = gpt2.decode(results[0]["val"]).split(EOT)
     assert val_docs[:-1] == [DOCS[i] for i in range(9, 60, 10)]  # held out by document, every 10th
     assert meta["train_bytes"] == sum(len(d.encode()) for i, d in enumerate(DOCS) if i % 10 != 9)
 
 
-def test_worker_processes_write_the_same_shards(tmp_path, gpt2):
+@pytest.mark.parametrize("tokenizer", ["char", pytest.param("gpt2", marks=needs_gpt2)])
+def test_worker_processes_write_the_same_shards(tmp_path, tokenizer):
     src = tmp_path / "src"
     src.mkdir()
     for i, d in enumerate(DOCS):
         (src / f"{i:03d}.txt").write_text(d)
-    stream = corpus.stream(str(src))
-    shards.prepare(stream, gpt2, tmp_path / "one", shard_size=250, num_proc=1, batch_chars=500)
-    shards.prepare(stream, gpt2, tmp_path / "two", shard_size=250, num_proc=2, batch_chars=500)
+    source = corpus.open_source(str(src))
+    tok = char_tokenizer(source) if tokenizer == "char" else prepare.tokenizers.build(tokenizer)
+    prepare_dataset(source, tok, tmp_path / "one", shard_size=250, num_proc=1, batch_chars=500)
+    prepare_dataset(source, tok, tmp_path / "two", shard_size=250, num_proc=2, batch_chars=500)
     assert files(tmp_path / "one") == files(tmp_path / "two") and len(files(tmp_path / "one")) > 4
 
 
-def test_long_text_file_streams_in_pieces(tmp_path, gpt2, monkeypatch):
-    monkeypatch.setattr(corpus, "PIECE_CHARS", 200)
-    f = tmp_path / "long.txt"
-    f.write_text("".join(DOCS))
-    pieces = list(corpus.stream(str(f)).pieces())
-    assert "".join(p for p, _ in pieces) == "".join(DOCS) and [e for _, e in pieces].count(True) == 1
-    meta = shards.prepare(corpus.stream(str(f)), gpt2, tmp_path / "ds", shard_size=1000)
-    assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == 1  # one end-of-text
-
-
-def interrupted(stream: corpus.Stream, after: int) -> corpus.Stream:
-    def pieces():
-        for i, p in enumerate(stream.pieces()):
+def interrupted(source: corpus.Source, after: int) -> corpus.Source:
+    def documents():
+        for i, doc in enumerate(source.documents()):
             if i == after:
                 raise KeyboardInterrupt
-            yield p
-    return corpus.Stream(pieces, stream.source)
+            yield doc
+    return corpus.Source(documents, source.description)
 
 
+@needs_gpt2
 def test_resumed_preparation_equals_uninterrupted(tmp_path, gpt2, num_proc=2):
     import datasets
 
-    stream = corpus.stream(datasets.Dataset.from_dict({"text": DOCS}))
-    shards.prepare(stream, gpt2, tmp_path / "straight", shard_size=200, batch_chars=400)
+    source = corpus.open_source(datasets.Dataset.from_dict({"text": DOCS}))
+    prepare_dataset(source, gpt2, tmp_path / "straight", shard_size=200, batch_chars=400)
     out = tmp_path / "resumed"
     for after in (17, 41):  # two interruptions, the second after more shards were finished
         with pytest.raises(UserError, match="run the same command again"):
-            shards.prepare(interrupted(stream, after), gpt2, out, shard_size=200, num_proc=num_proc, batch_chars=400)
-        state = json.loads((out / shards.STATE).read_text())
+            prepare_dataset(interrupted(source, after), gpt2, out, shard_size=200, num_proc=num_proc, batch_chars=400)
+        state = json.loads((out / STATE).read_text())
         assert 0 < state["pieces"] <= after and state["splits"]["train"]["shards"]
     finished = {e["file"]: (out / e["file"]).stat().st_mtime_ns for e in state["splits"]["train"]["shards"]}
-    shards.prepare(stream, gpt2, out, shard_size=200, num_proc=num_proc, batch_chars=400)
+    prepare_dataset(source, gpt2, out, shard_size=200, num_proc=num_proc, batch_chars=400)
     assert files(out) == files(tmp_path / "straight")
     assert all((out / f).stat().st_mtime_ns == t for f, t in finished.items())  # finished shards not redone
-    assert not (out / shards.STATE).exists() and not list(out.glob("*.partial"))
+    assert not (out / STATE).exists() and not list(out.glob("*.partial"))
     assert json.loads((out / "meta.json").read_text())["splits"] == \
         json.loads((tmp_path / "straight" / "meta.json").read_text())["splits"]
 
 
+@needs_gpt2
 def test_resume_with_other_settings_and_prepared_folder_are_refused(tmp_path, gpt2):
     import datasets
 
-    stream = corpus.stream(datasets.Dataset.from_dict({"text": DOCS}))
+    source = corpus.open_source(datasets.Dataset.from_dict({"text": DOCS}))
     with pytest.raises(UserError):
-        shards.prepare(interrupted(stream, 30), gpt2, tmp_path / "d", shard_size=200, batch_chars=400)
+        prepare_dataset(interrupted(source, 30), gpt2, tmp_path / "d", shard_size=200, batch_chars=400)
     with pytest.raises(UserError, match="other settings"):
-        shards.prepare(stream, gpt2, tmp_path / "d", shard_size=300)
-    shards.prepare(stream, gpt2, tmp_path / "d", shard_size=300, overwrite=True)
+        prepare_dataset(source, gpt2, tmp_path / "d", shard_size=300)
+    prepare_dataset(source, gpt2, tmp_path / "d", shard_size=300, overwrite=True)
     with pytest.raises(UserError, match="already holds"):
-        shards.prepare(stream, gpt2, tmp_path / "d", shard_size=300)
+        prepare_dataset(source, gpt2, tmp_path / "d", shard_size=300)
 
 
-def _bad(tmp_path, gpt2, source: str) -> str:
+def _bad(tmp_path, source: str, tokenizer: str = "char") -> str:
     with pytest.raises(UserError) as e:
-        shards.prepare(corpus.stream(source), gpt2, tmp_path / "out")
+        prepare.prepare(prepare.PrepareConfig(source=source, tokenizer=tokenizer, out=str(tmp_path / "out")))
     return str(e.value)
 
 
-def test_bad_input_one_clear_line_each(tmp_path, gpt2):
+def test_bad_input_one_clear_line_each(tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    assert "holds no text" in _bad(tmp_path, gpt2, str(tmp_path / "empty.txt"))
+    assert "holds no text" in _bad(tmp_path, str(tmp_path / "empty.txt"))
     (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 10)
-    assert "binary" in _bad(tmp_path, gpt2, str(tmp_path / "blob.txt"))
+    assert "binary" in _bad(tmp_path, str(tmp_path / "blob.txt"))
     (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1") * 10)
-    assert "not UTF-8" in _bad(tmp_path, gpt2, str(tmp_path / "latin.txt"))
+    assert "not UTF-8" in _bad(tmp_path, str(tmp_path / "latin.txt"))
     (tmp_path / "rows.jsonl").write_text('{"content": "hello"}\n' * 5)
-    line = _bad(tmp_path, gpt2, str(tmp_path / "rows.jsonl"))
+    line = _bad(tmp_path, str(tmp_path / "rows.jsonl"))
     assert "no column 'text'" in line and "content" in line and "--text_field" in line
     (tmp_path / "fake.parquet").write_bytes(b"\x00\x01 not parquet" * 100)
-    assert "cannot be read" in _bad(tmp_path, gpt2, str(tmp_path / "fake.parquet"))
-    (tmp_path / "few.txt").write_text("one document only\n")
-    assert "too few" in _bad(tmp_path, gpt2, str(tmp_path / "few.txt"))
+    assert "cannot be read" in _bad(tmp_path, str(tmp_path / "fake.parquet"))
+    (tmp_path / "few").mkdir()
+    for i in range(3):  # three short documents: none is the 10th
+        (tmp_path / "few" / f"{i}.txt").write_text(f"document {i}\n")
+    assert "too little text for a validation split" in _bad(tmp_path, str(tmp_path / "few"))
+
+
+def test_cli_prepares_and_refuses_in_one_line(tmp_path, corpus_file):
+    out = tmp_path / "ds"
+    proc = run("data/prepare.py", str(corpus_file), f"--out={out}")
+    assert "vocabulary" in proc.stdout and TokenDataset(out).meta["source"].startswith("file:")
+    for args, words in [([str(corpus_file), f"--out={out}"], "--overwrite"),
+                        ([str(corpus_file), "--out", str(out)], "--out=VALUE"),
+                        ([str(corpus_file), f"--out={tmp_path / 'x'}", "--val_fraction=1"], "between 0 and 1"),
+                        ([str(corpus_file), "--tokenizr=gpt2"], "tokenizer")]:
+        bad = run("data/prepare.py", *args, check=False)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert words in bad.stderr.strip().splitlines()[-1]
 
 
 def test_unknown_hf_dataset_offline_is_one_line(tmp_path):
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = run("data/prepare.py", "hf:nobody-here/no-such-dataset", "--tokenizer=gpt2", "--out", str(tmp_path / "o"),
+    proc = run("data/prepare.py", "hf:nobody-here/no-such-dataset", "--tokenizer=gpt2", f"--out={tmp_path / 'o'}",
                check=False, env=offline)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]

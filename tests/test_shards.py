@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import needs_gpt2
-from minigpt import corpus, shards
+from conftest import needs_gpt2, run
+from minigpt import corpus, prepare, shards
 from minigpt.data import Batches, TokenDataset, doc_starts, iter_windows
 from minigpt.errors import UserError
 from minigpt.shards import HEADER, ShardWriter, Tokens, open_shard, read_header
@@ -60,7 +60,7 @@ def test_sharded_dataset_opens_and_checks_sha256(tmp_path):
     for i in range(20):
         (src / f"{i:02d}.txt").write_text(f"Document number {i}.\n" * 30)
     out = tmp_path / "ds"
-    meta = shards.prepare(corpus.stream(str(src)), TiktokenTokenizer("gpt2"), out, shard_size=500, val_fraction=0.1)
+    meta = prepare.prepare_dataset(corpus.open_source(str(src)), TiktokenTokenizer("gpt2"), out, shard_size=500)
     assert meta["splits"]["val"]["documents"] == 2 and len(meta["splits"]["train"]["shards"]) > 2
     ds = TokenDataset(out)
     tok = ds.tokenizer
@@ -69,8 +69,10 @@ def test_sharded_dataset_opens_and_checks_sha256(tmp_path):
     # documents are separated by end-of-text; 0, 10 are train, 9, 19 are val (every 10th)
     text = tok.decode(train[:].tolist())
     assert text.count("<|endoftext|>") == 18 and "number 9." not in text
-    assert tok.decode(ds.splits["val"].tolist()).startswith("Document number 9.")
+    assert tok.decode(ds.splits["val"][:].tolist()).startswith("Document number 9.")
     shards.verify(out)
+    proc = run("-m", "minigpt.shards", str(out))
+    assert "all intact" in proc.stdout and f"{meta['train_tokens']:,} train" in proc.stdout
     # a changed token leaves the header intact but not the sha256
     f = out / meta["splits"]["train"]["shards"][1]["file"]
     raw = bytearray(f.read_bytes())
@@ -80,6 +82,8 @@ def test_sharded_dataset_opens_and_checks_sha256(tmp_path):
         TokenDataset(out)
     with pytest.raises(UserError, match="sha256"):
         shards.verify(out)
+    bad = run("-m", "minigpt.shards", str(out), check=False)
+    assert bad.returncode == 2 and "sha256" in bad.stderr and "Traceback" not in bad.stderr
     TokenDataset(out, verify=False)  # big datasets skip the check on opening
 
 
@@ -115,10 +119,10 @@ def test_loader_state_round_trip_and_windows_across_shards(tmp_path):
     again = Batches(ds, block_size=16, batch_size=64, seed=999)
     again.load_state_dict(state)
     assert torch.equal(again.get("train")[0], x)  # resume continues the same stream
-    assert not torch.equal(Batches(ds, 16, 64, seed=3, rank=1).get("train")[0], Batches(ds, 16, 64, seed=3).get("train")[0])
-    # exact evaluation windows cover the split across shard borders
-    targets = torch.cat([yy.reshape(-1) for _, yy in iter_windows(ds.splits["val"], 16, 4)])
-    assert targets.tolist() == stream[1:].tolist()
+    # exact evaluation windows cover the split across shard borders, inputs and targets
+    pairs = list(iter_windows(ds.splits["val"], 16, 4))
+    assert torch.cat([xx.reshape(-1) for xx, _ in pairs]).tolist() == stream[:-1].tolist()
+    assert torch.cat([yy.reshape(-1) for _, yy in pairs]).tolist() == stream[1:].tolist()
 
 
 @needs_gpt2
@@ -138,6 +142,6 @@ def test_align_to_doc_needs_an_end_of_text_token(char_dataset):
         Batches(TokenDataset(char_dataset), 16, 4, seed=0, align_to_doc=True)
 
 
-def test_single_file_dataset_still_reads(char_dataset):
-    ds = TokenDataset(char_dataset)
-    assert isinstance(ds.splits["train"], np.ndarray)
+def test_token_dtype_is_the_smallest_that_holds_every_id():
+    assert shards.token_dtype(50257) == shards.token_dtype(1 << 16) == np.uint16  # ids up to 65535
+    assert shards.token_dtype((1 << 16) + 1) == shards.token_dtype(100277) == np.uint32

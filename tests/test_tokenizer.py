@@ -35,3 +35,19 @@ def test_gpt2_round_trip():
     text = "Unicode ✓ naïve — 日本語 <|endoftext|>"
     assert tok.decode(tok.encode(text)) == text
     assert from_spec(tok.spec()).encode(text) == tok.encode(text)
+
+
+def test_char_end_of_text_comes_after_the_characters():
+    plain, with_eot = CharTokenizer.from_text("hello world\n"), CharTokenizer.from_text("hello world\n", eot=True)
+    assert with_eot.eot_id == plain.vocab_size and with_eot.vocab_size == plain.vocab_size + 1
+    assert with_eot.encode("hello") == plain.encode("hello")  # the characters keep their ids
+    assert "eot" not in plain.spec() and from_spec(with_eot.spec()).eot_id == with_eot.eot_id
+    assert with_eot.decode(with_eot.encode("he ") + [with_eot.eot_id]) == "he <|endoftext|>"
+
+
+def test_char_batch_encoding_equals_encode():
+    tok = CharTokenizer.from_text("abc ünï✓\n🎉")
+    texts = ["abc", "", "ünï✓ 🎉\n", "c" * 1000]
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+    with pytest.raises(UserError, match="'z'"):
+        tok.encode_batch(["abc", "abz"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run
-from minigpt.config import TrainConfig, build_config, train_sections
+from minigpt.config import build_config, train_sections
 from minigpt.errors import UserError
 from minigpt.model import GPTConfig
 from minigpt.trainer import train
@@ -203,11 +203,10 @@ def test_eval_only_reports_a_trained_run_and_writes_nothing(char_dataset, tmp_pa
 
 
 def test_resume_says_when_the_dataset_changed(char_dataset, tmp_path, straight, capsys):
-    from minigpt import corpus, data
-    from conftest import TEXT
+    from conftest import TEXT, prepare_text
 
     other = tmp_path / "other_ds"
-    data.prepare(corpus.Corpus(TEXT[::-1], "reversed"), "char", other, 0.1)  # the same characters, other text
+    prepare_text(TEXT[::-1], other)  # the same characters, another text
     train(cfg(other, straight, max_iters=50, resume=True))
     assert "a different dataset" in capsys.readouterr().out
 
