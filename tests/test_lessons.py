@@ -1,10 +1,11 @@
 """The lectures' attention variants agree with each other and with the model's SDPA attention."""
 
 import torch
+import torch.nn.functional as F
 
 from minigpt.lessons.attention import (
-    INPUTS, CausalAttention, MultiHeadAttention, MultiHeadAttentionWrapper, SelfAttention, fuse_wrapper_weights,
-    simplified_attention, simplified_attention_loop,
+    INPUTS, CausalAttention, CrossAttention, MultiHeadAttention, MultiHeadAttentionWrapper, SelfAttention,
+    fuse_wrapper_weights, simplified_attention, simplified_attention_loop,
 )
 from minigpt.model import CausalSelfAttention, GPTConfig
 
@@ -78,6 +79,80 @@ def test_fused_equals_the_models_sdpa_attention_forward_and_backward():
     assert torch.allclose(model_attn.c_proj.weight.grad, lesson.out_proj.weight.grad, atol=1e-5)
 
 
+def test_bidirectional_output_at_t_changes_with_token_t_plus_1_causal_does_not():
+    torch.manual_seed(0)
+    x = torch.rand(2, 6, 3)
+    y = x.clone()
+    t = 2
+    y[:, t + 1] = torch.rand(2, 3)  # change only token t+1
+    for causal in (True, False):
+        for layer in (CausalAttention(3, 4, context_length=6, causal=causal),
+                      MultiHeadAttention(3, 4, context_length=6, num_heads=2, causal=causal)):
+            a, b = layer(x)[:, t], layer(y)[:, t]
+            assert torch.allclose(a, b, atol=1e-6) == causal
+
+
+def test_bidirectional_wrapper_equals_fused_and_unmasked_self_attention():
+    torch.manual_seed(0)
+    wrapper = MultiHeadAttentionWrapper(5, 8, context_length=7, num_heads=4, causal=False)
+    fused = MultiHeadAttention(5, 8, context_length=7, num_heads=4, causal=False)
+    fuse_wrapper_weights(wrapper, fused)
+    x = torch.rand(3, 7, 5)
+    assert torch.allclose(wrapper(x), fused(x), atol=1e-6)
+    head = wrapper.heads[0]
+    sa = SelfAttention(5, 2)
+    sa.load_state_dict(head.state_dict(), strict=False)  # (b) has no mask at all
+    assert torch.allclose(head(x), sa(x), atol=1e-6)
+
+
+def test_cross_attention_on_x_x_equals_self_attention():
+    torch.manual_seed(0)
+    sa = SelfAttention(5, 4, qkv_bias=True)
+    cross = CrossAttention(5, 4, qkv_bias=True)
+    cross.load_state_dict(sa.state_dict())  # the same W_q, W_k, W_v
+    for x in (torch.rand(7, 5), torch.rand(2, 7, 5)):
+        assert torch.allclose(cross(x, x), sa(x), atol=1e-6)
+
+
+def test_cross_attention_reads_a_source_of_another_length_and_width():
+    torch.manual_seed(0)
+    cross = CrossAttention(3, 4, d_source=5)
+    x, source = torch.rand(2, 6, 3), torch.rand(2, 9, 5)
+    out = cross(x, source)
+    assert out.shape == (2, 6, 4)
+    weights = torch.softmax(cross.W_query(x) @ cross.W_key(source).transpose(1, 2) / 2, dim=-1)  # sqrt(d_out) = 2
+    assert torch.allclose(out, weights @ cross.W_value(source), atol=1e-6)
+    # every query sees the whole source: changing its last token changes every output
+    changed = source.clone()
+    changed[:, -1] = torch.rand(2, 5)
+    assert not torch.isclose(cross(x, changed), out, atol=1e-6).all(dim=-1).any()
+
+
+def test_bidirectional_fused_equals_the_models_attention_without_the_mask():
+    torch.manual_seed(0)
+    config = GPTConfig(n_embd=16, n_head=4, block_size=10, bias=True, dropout=0.0)
+    model_attn = CausalSelfAttention(config)
+    lesson = MultiHeadAttention(16, 16, context_length=10, num_heads=4, qkv_bias=True, causal=False)
+    with torch.no_grad():
+        lesson.W_qkv.weight.copy_(model_attn.c_attn.weight)
+        lesson.W_qkv.bias.copy_(model_attn.c_attn.bias)
+        lesson.out_proj.weight.copy_(model_attn.c_proj.weight)
+        lesson.out_proj.bias.copy_(model_attn.c_proj.bias)
+    x = torch.randn(2, 10, 16)
+
+    def model_sdpa(x, is_causal):
+        """The model's own projections and SDPA call, with the mask switch exposed."""
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, 4, 4).transpose(1, 2) for t in model_attn.c_attn(x).split(C, dim=2))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)  # (B, nh, T, hs)
+        return model_attn.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+    assert torch.allclose(model_sdpa(x, True), model_attn(x), atol=1e-6)  # the reference is the model's computation
+    unmasked = model_sdpa(x, False)
+    assert torch.allclose(lesson(x), unmasked, atol=1e-5)
+    assert not torch.allclose(unmasked, model_attn(x), atol=1e-3)  # and the mask did matter
+
+
 def test_the_model_does_not_import_the_lessons():
     import minigpt.model
 
@@ -89,6 +164,7 @@ def test_walkthrough_prints_each_step(capsys):
 
     main()
     out = capsys.readouterr().out
-    for s in ("(a) simplified", "(b) self-attention", "(c) causal", "(d) multi-head", "0.4419", "-inf",
-              "loop form equals matrix form: True", "wrapper equals fused: True"):
+    for s in ("(a) simplified", "(b) self-attention", "(c) causal", "(d) multi-head", "(e) bidirectional", "0.4419",
+              "-inf", "loop form equals matrix form: True", "wrapper equals fused: True",
+              "(c) with causal=False equals (b): True", "cross-attention on (x, x) equals self-attention (b): True"):
         assert s in out

@@ -5,12 +5,16 @@
     (c) causal attention: the future masked out before the softmax, dropout on the weights
     (d) multi-head attention: first a wrapper around single heads, then one fused projection split
         into heads, with an output projection -- the layout of `minigpt.model.CausalSelfAttention`
+    (e) bidirectional attention (the causal mask switched off, as in an encoder) and cross-attention
+        (queries from one sequence, keys and values from another, as a translation decoder reads its source)
 
 Each step marks what is NEW against the one before. tests/test_lessons.py ties the steps together
-(loop == matrix form, wrapper == fused) and the last one to the model's SDPA attention, forward and
-backward. `python -m minigpt.lessons.attention` walks through them on the lectures' six-word example.
+(loop == matrix form, wrapper == fused, cross-attention on (x, x) == self-attention) and the fused one
+to the model's SDPA attention, forward and backward, masked and unmasked. `python -m
+minigpt.lessons.attention` walks through them on the lectures' six-word example.
 
-Shapes: T tokens, d_in input width, d_out output width, B batch, nh heads, hs = d_out // nh head size.
+Shapes: T tokens, d_in input width, d_out output width, B batch, nh heads, hs = d_out // nh head size,
+S tokens of the second sequence in cross-attention.
 """
 
 from __future__ import annotations
@@ -83,10 +87,13 @@ class SelfAttention(nn.Module):
 #     and renormalises each row over the visible tokens.
 #     NEW: dropout on the attention weights while training (some links randomly dropped).
 #     NEW: batches of sequences, (B, T, d_in).
+#     (causal=False skips the mask: bidirectional attention, step (e).)
 
 class CausalAttention(nn.Module):
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float = 0.0, qkv_bias: bool = False):
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float = 0.0, qkv_bias: bool = False,
+                 causal: bool = True):
         super().__init__()
+        self.causal = causal
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -98,7 +105,8 @@ class CausalAttention(nn.Module):
         B, T, _ = x.shape
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)  # (B, T, d_out)
         scores = queries @ keys.transpose(1, 2)  # (B, T, T)
-        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))  # future -> -inf -> weight 0
+        if self.causal:
+            scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))  # future -> -inf -> weight 0
         weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)
         weights = self.dropout(weights)
         return weights @ values  # (B, T, d_out)
@@ -111,11 +119,12 @@ class CausalAttention(nn.Module):
 
 class MultiHeadAttentionWrapper(nn.Module):
     def __init__(self, d_in: int, d_out: int, context_length: int, num_heads: int, dropout: float = 0.0,
-                 qkv_bias: bool = False):
+                 qkv_bias: bool = False, causal: bool = True):
         super().__init__()
         assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
         self.heads = nn.ModuleList(
-            [CausalAttention(d_in, d_out // num_heads, context_length, dropout, qkv_bias) for _ in range(num_heads)]
+            [CausalAttention(d_in, d_out // num_heads, context_length, dropout, qkv_bias, causal)
+             for _ in range(num_heads)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,10 +139,10 @@ class MultiHeadAttentionWrapper(nn.Module):
 
 class MultiHeadAttention(nn.Module):
     def __init__(self, d_in: int, d_out: int, context_length: int, num_heads: int, dropout: float = 0.0,
-                 qkv_bias: bool = False):
+                 qkv_bias: bool = False, causal: bool = True):
         super().__init__()
         assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
-        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
+        self.d_out, self.num_heads, self.head_dim, self.causal = d_out, num_heads, d_out // num_heads, causal
         self.W_qkv = nn.Linear(d_in, 3 * d_out, bias=qkv_bias)  # W_q, W_k, W_v stacked: the model's c_attn
         self.out_proj = nn.Linear(d_out, d_out, bias=qkv_bias)  # W_o: the model's c_proj
         self.dropout = nn.Dropout(dropout)
@@ -147,7 +156,8 @@ class MultiHeadAttention(nn.Module):
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         scores = q @ k.transpose(2, 3)  # (B, nh, T, T): every head at once
-        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
+        if self.causal:
+            scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
         weights = self.dropout(torch.softmax(scores / hs**0.5, dim=-1))
         y = (weights @ v).transpose(1, 2).contiguous().view(B, T, self.d_out)  # heads side by side: (B, T, d_out)
         return self.out_proj(y)
@@ -165,6 +175,34 @@ def fuse_wrapper_weights(wrapper: MultiHeadAttentionWrapper, fused: MultiHeadAtt
         fused.out_proj.weight.copy_(torch.eye(fused.d_out))
         if fused.out_proj.bias is not None:
             fused.out_proj.bias.zero_()
+
+
+# ---------------------------------------------------------------------------------------------------
+# (e1) Bidirectional attention: causal=False in (c) and (d).
+#     NEW: no mask. Every token sees the tokens after it as well as before: right for an encoder (BERT,
+#     the original transformer's encoder) that reads a whole given sentence, where there is no future to
+#     hide; wrong for a language model, which would learn to copy the next token instead of predicting it.
+#
+# (e2) Cross-attention.
+#     NEW: the queries come from one sequence x (T tokens), the keys and values from another, `source`
+#     (S tokens, maybe of another width): each token of x asks which source tokens it needs. The weights
+#     are (T, S), no mask, since the source is given whole. This is how a translation decoder reads the
+#     encoded source sentence; minigpt/lessons/seq2seq.py does the same step with RNN states.
+
+class CrossAttention(nn.Module):
+    def __init__(self, d_in: int, d_out: int, d_source: int | None = None, qkv_bias: bool = False):
+        super().__init__()
+        d_source = d_in if d_source is None else d_source
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)  # reads x
+        self.W_key = nn.Linear(d_source, d_out, bias=qkv_bias)  # reads the source
+        self.W_value = nn.Linear(d_source, d_out, bias=qkv_bias)  # reads the source
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        queries = self.W_query(x)  # (..., T, d_out)
+        keys, values = self.W_key(source), self.W_value(source)  # (..., S, d_out)
+        scores = queries @ keys.transpose(-2, -1)  # (..., T, S): every token of x against every source token
+        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)  # each row sums to 1 over the source
+        return weights @ values  # (..., T, d_out): one vector per token of x, made of source values
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,6 +272,23 @@ def main() -> None:
     print(f"\nwrapper equals fused: {torch.allclose(out, fused(batch), atol=1e-6)}")
     print("minigpt.model.CausalSelfAttention is the fused form with SDPA doing the masked softmax; "
           "tests/test_lessons.py checks they agree, gradients included.")
+
+    print("\n=== (e) bidirectional and cross-attention ===")
+    _show("NEW bidirectional: causal=False, no mask; every word sees every word (the weights of (b))",
+          torch.softmax(scores / k.shape[-1] ** 0.5, dim=-1), WORDS)
+    bi = CausalAttention(3, 2, context_length=T, causal=False).eval()
+    bi.load_state_dict(sa.state_dict(), strict=False)  # (b)'s W_q, W_k, W_v again
+    print(f"\n(c) with causal=False equals (b): {torch.allclose(bi(x.unsqueeze(0))[0], sa(x), atol=1e-6)}")
+    torch.manual_seed(123)
+    source = torch.rand(4, 5)  # a second sequence: 4 tokens of width 5, e.g. an encoded source sentence
+    cross = CrossAttention(3, 2, d_source=5)
+    q, k = cross.W_query(x), cross.W_key(source)
+    _show("NEW cross-attention weights: queries from the 6 words, keys from 4 source tokens (rows sum to 1)",
+          torch.softmax(q @ k.T / k.shape[-1] ** 0.5, dim=-1), WORDS)
+    _show("cross-attention output: one vector per word, mixed from the source's values", cross(x, source), WORDS)
+    same = CrossAttention(3, 2)
+    same.load_state_dict(sa.state_dict())
+    print(f"\ncross-attention on (x, x) equals self-attention (b): {torch.allclose(same(x, x), sa(x), atol=1e-6)}")
 
 
 if __name__ == "__main__":
