@@ -125,7 +125,9 @@ def check_out_dir(out_dir: Path) -> None:
 
 def dataset_id(dataset: TokenDataset) -> dict:
     """What tells one prepared dataset from another with the same tokenizer."""
-    return {k: dataset.meta.get(k) for k in ("source", "train_tokens", "val_tokens")}
+    splits = dataset.meta.get("splits", {})
+    return {"source": dataset.meta.get("source"),
+            "shards": [shard["sha256"] for split in sorted(splits) for shard in splits[split]["shards"]]}
 
 
 def initial_state(t: TrainConfig, dataset: TokenDataset, out_dir: Path) -> dict | None:

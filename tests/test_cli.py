@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import run
+from minigpt.data import TokenDataset
 
 TINY = ["--preset=tiny", "--max_iters=20", "--eval_interval=10", "--eval_iters=2", "--log_interval=5",
         "--batch_size=4", "--device=cpu"]
@@ -59,7 +60,7 @@ def test_evaluate_whole_split(trained):
     n_printed, loss_printed, ppl_printed, bpb_printed = printed.groups()
     loaded = checkpoint.load_model(out)
     model, tok, block = loaded.model, loaded.tokenizer, loaded.model.config.block_size
-    val = np.fromfile(tmp / "ds" / "val.bin", dtype=json.loads((tmp / "ds" / "meta.json").read_text())["dtype"])
+    val = np.asarray(TokenDataset(tmp / "ds").splits["val"][:])
     nats = 0.0
     with torch.no_grad():
         for s in range(0, len(val) - 1, block):

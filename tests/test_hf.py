@@ -100,7 +100,8 @@ def test_export_cli_and_bad_format(tmp_path):
 def test_export_writes_the_tokenizers_end_of_text_id(tmp_path, kind):
     # a byte-level BPE's <|endoftext|> follows its 256 tokens; the model's vocabulary is padded past
     # GPT-2's 50257, where the export used to write GPT-2's 50256 whatever the tokenizer
-    from minigpt.tokenizer import PATTERNS, BPETokenizer, TiktokenTokenizer
+    from minigpt.bpe import PATTERNS
+    from minigpt.tokenizer import BPETokenizer, TiktokenTokenizer
 
     tok = TiktokenTokenizer("gpt2") if kind == "gpt2" else BPETokenizer([bytes([i]) for i in range(256)], PATTERNS["gpt2"])
     model = GPT(GPTConfig(block_size=8, vocab_size=50304, n_layer=1, n_head=1, n_embd=8))
