@@ -1,6 +1,6 @@
 """Training your own byte-level BPE: Hugging Face `tokenizers` learns the merges, tiktoken runs them.
 
-`python -m minigpt.bpe --input=SOURCE --vocab_size=N --out=FILE.json` trains on a sample of any source
+`python -m minigpt bpe --input=SOURCE --vocab_size=N --out=FILE.json` trains on a sample of any source
 data/prepare.py reads, then converts HF's merges to tiktoken's "mergeable ranks" (token bytes -> rank,
 rank = merge order) and saves a minigpt.tokenizer.BPETokenizer, so encoding runs at tiktoken's speed.
 """
@@ -113,11 +113,11 @@ def sample_texts(sources: list[str], max_chars: int, text_field: str = "text") -
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, {"bpe": BPEConfig}, "python -m minigpt.bpe",
+    cfg = parse_cli(argv, {"bpe": BPEConfig}, "python -m minigpt bpe",
                     "Train your own byte-level BPE on a sample of a corpus.").bpe
     if not cfg.input or not cfg.out:
         raise UserError("give at least one --input=SOURCE and --out=FILE.json (and --vocab_size=N); "
-                        "see python -m minigpt.bpe --help")
+                        "see python -m minigpt bpe --help")
     _check(cfg.vocab_size, cfg.pattern)  # before reading any text
     name = Path(cfg.out).stem
     tok = train_bpe(sample_texts(cfg.input, int(cfg.sample_mb * 1e6), cfg.text_field), cfg.vocab_size,

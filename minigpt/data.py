@@ -40,7 +40,7 @@ class TokenDataset:
     """A prepared dataset: its meta.json, tokenizer and memory-mapped splits.
 
     Shards are sha256-checked on opening when the dataset is at most shards.VERIFY_LIMIT bytes (or
-    `verify=True`); check bigger ones with `python -m minigpt.shards DIR`.
+    `verify=True`); check bigger ones with `python -m minigpt verify DIR`.
     """
 
     def __init__(self, path: str | Path, verify: bool | None = None):

@@ -50,7 +50,7 @@ def read_config(folder: Path) -> GPTConfig:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json, so it is not a Hugging Face model folder; pass a folder "
-                        f"written by save_pretrained or `python -m minigpt.export`")
+                        f"written by save_pretrained or `python -m minigpt export`")
     try:
         hf_config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

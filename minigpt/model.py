@@ -5,7 +5,7 @@ Shape letters used in the comments:
     nh number of heads, hs head size (C // nh), V vocabulary size.
 
 The model is pure: no printing, files, devices or optimizers. Parameter counting lives in
-`minigpt.params`, optimizer groups in `minigpt.optim`, checkpoints in `minigpt.checkpoint`.
+`minigpt.tools.params`, optimizer groups in `minigpt.optim`, checkpoints in `minigpt.checkpoint`.
 For generation, `forward(idx, cache)` also takes a `KVCache`: the keys and values of the tokens seen
 so far, so each new token costs one position's worth of compute instead of the whole context's.
 """

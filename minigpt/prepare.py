@@ -51,7 +51,7 @@ BUILTIN = ("shakespeare", "tinyshakespeare")
 @dataclass
 class PrepareConfig:
     source: str = opt("", "shakespeare, tinyshakespeare, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:CONFIG]")
-    tokenizer: str = opt("char", "char, gpt2, any tiktoken encoding name, or a BPE file from `python -m minigpt.bpe`")
+    tokenizer: str = opt("char", "char, gpt2, any tiktoken encoding name, or a BPE file from `python -m minigpt bpe`")
     out: str = opt("", "output folder (default: data/<name>)")
     input: str = opt("", "local copy of the source file (tinyshakespeare)")
     val_fraction: float = opt(0.1, "share held out for validation: of the characters of a long document, else "

@@ -10,7 +10,7 @@ Each shard is a 32-byte header (magic, format version, bytes per token, token co
 the token ids (uint16 when the vocabulary fits, else uint32). A split is one long token stream cut
 into shards of `shard_size` tokens (the last one shorter), so a window may run from one shard into
 the next; `Tokens` shows it as one array. `ShardWriter` writes a split as its tokens arrive (see
-minigpt.prepare for the pipeline that feeds it). `python -m minigpt.shards DIR` checks a dataset.
+minigpt.prepare for the pipeline that feeds it). `python -m minigpt verify DIR` checks a dataset.
 """
 
 from __future__ import annotations
@@ -229,11 +229,11 @@ class VerifyConfig:
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, {"verify": VerifyConfig}, "python -m minigpt.shards",
+    cfg = parse_cli(argv, {"verify": VerifyConfig}, "python -m minigpt verify",
                     "Check every shard of a prepared dataset against its meta.json (headers, sizes, sha256).",
                     positional="dataset").verify
     if not cfg.dataset:
-        raise UserError("name the dataset folder to check: python -m minigpt.shards DIR")
+        raise UserError("name the dataset folder to check: python -m minigpt verify DIR")
     meta = verify(cfg.dataset)
     n = sum(len(meta["splits"][s]["shards"]) for s in SPLITS)
     print(f"{cfg.dataset}: {n} shards, {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, all intact")

@@ -2,7 +2,7 @@
 
 `CharTokenizer` maps each character of a corpus to an id; `TiktokenTokenizer` wraps any tiktoken
 encoding (GPT-2's BPE by default); `BPETokenizer` is your own byte-level BPE (trained by
-`python -m minigpt.bpe`, see minigpt/bpe.py) run by tiktoken. `spec()` is a JSON-compatible dict that
+`python -m minigpt bpe`, see minigpt/bpe.py) run by tiktoken. `spec()` is a JSON-compatible dict that
 travels in `meta.json` and in every checkpoint; `from_spec(spec)` rebuilds the same tokenizer from it.
 `encode_batch` is what the data preparation calls, one batch of texts per worker task.
 """
@@ -160,14 +160,14 @@ class BPETokenizer(_Tiktoken):
 
 
 def load_file(path: str | Path) -> BPETokenizer:
-    """A tokenizer file written by `python -m minigpt.bpe`."""
+    """A tokenizer file written by `python -m minigpt bpe`."""
     try:
         spec = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"tokenizer file {path} cannot be read ({e}); train one with "
-                        f"`python -m minigpt.bpe`") from None
+                        f"`python -m minigpt bpe`") from None
     if not isinstance(spec, dict) or spec.get("kind") != "bpe" or "tokens" not in spec:
-        raise UserError(f"{path} is not a minigpt BPE tokenizer file; train one with `python -m minigpt.bpe`")
+        raise UserError(f"{path} is not a minigpt BPE tokenizer file; train one with `python -m minigpt bpe`")
     return BPETokenizer.from_dict(spec)
 
 
@@ -188,6 +188,6 @@ def build(name: str) -> Tokenizer:
     (A char vocabulary comes from the corpus: minigpt.prepare builds it.)"""
     if name.endswith(".json") or Path(name).is_file():
         if not Path(name).is_file():
-            raise UserError(f"tokenizer file {name} does not exist; train one with `python -m minigpt.bpe`")
+            raise UserError(f"tokenizer file {name} does not exist; train one with `python -m minigpt bpe`")
         return load_file(name)
     return TiktokenTokenizer(name)

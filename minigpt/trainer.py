@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import checkpoint, distributed, flops, params, runtime
+from . import checkpoint, distributed, runtime
+from .tools import flops, params
 from .config import Config, TrainConfig, model_config
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
@@ -222,7 +223,7 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
 @torch.no_grad()
 def estimate_loss(run: Run) -> dict[str, float]:
     """Mean loss over `eval_iters` batches of each split, averaged over ranks (fast, noisy; see
-    minigpt.evaluate for the exact loss over a whole split)."""
+    `python -m minigpt evaluate` for the exact loss over a whole split)."""
     run.model.eval()
     out = {}
     for split in ("train", "val"):

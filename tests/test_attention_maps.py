@@ -5,7 +5,7 @@ import torch
 
 from conftest import needs_gpt2
 from minigpt import checkpoint
-from minigpt.attention import check_attention_weights, forward_with_attention, main, pick_token, top_attended
+from minigpt.tools.attention_maps import check_attention_weights, forward_with_attention, main, pick_token, top_attended
 from minigpt.config import PRESETS
 from minigpt.errors import UserError
 from minigpt.model import GPT, GPTConfig
@@ -64,7 +64,7 @@ def test_cli_draws_the_grid_and_prints_the_chosen_token(char_ckpt, tmp_path, cap
 
 
 def test_cli_takes_the_runtime_section_every_command_shares(char_ckpt, tmp_path, capsys):
-    from minigpt.attention import AttentionConfig
+    from minigpt.tools.attention_maps import AttentionConfig
     from minigpt.config import RuntimeConfig
 
     assert not set(AttentionConfig.__dataclass_fields__) & set(RuntimeConfig.__dataclass_fields__)

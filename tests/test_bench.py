@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from minigpt import bench, flops
+from minigpt.tools import bench, flops
 from minigpt.config import PRESETS
 from minigpt.errors import UserError
 from minigpt.model import GPTConfig

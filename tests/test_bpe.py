@@ -69,7 +69,7 @@ def test_cli_train_then_prepare_then_train(tmp_path, corpus_file):
     import torch
 
     out = tmp_path / "tok.json"
-    run("-m", "minigpt.bpe", f"--input={corpus_file}", "--vocab_size=300", f"--out={out}")
+    run("-m", "minigpt", "bpe", f"--input={corpus_file}", "--vocab_size=300", f"--out={out}")
     trained = tokenizer.build(str(out))
     assert trained.vocab_size == 300 and trained.pat_str == bpe.PATTERNS["gpt4"]
     docs = tmp_path / "docs"
@@ -84,7 +84,7 @@ def test_cli_train_then_prepare_then_train(tmp_path, corpus_file):
     assert state["tokenizer"] == trained.spec()
     proc = run("sample.py", f"--out_dir={tmp_path / 'run'}", "--max_new_tokens=5", "--num_samples=1", "--device=cpu")
     assert "Traceback" not in proc.stderr
-    bad = run("-m", "minigpt.bpe", f"--input={corpus_file}", "--vocab_size=100", f"--out={out}", check=False)
+    bad = run("-m", "minigpt", "bpe", f"--input={corpus_file}", "--vocab_size=100", f"--out={out}", check=False)
     assert bad.returncode == 2 and "257" in bad.stderr and "Traceback" not in bad.stderr
-    missing = run("-m", "minigpt.bpe", "--vocab_size=300", check=False)
+    missing = run("-m", "minigpt", "bpe", "--vocab_size=300", check=False)
     assert missing.returncode == 2 and "--input=SOURCE" in missing.stderr

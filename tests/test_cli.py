@@ -54,7 +54,7 @@ def test_evaluate_whole_split(trained):
     from minigpt import checkpoint
 
     tmp, out, _ = trained
-    p = run("-m", "minigpt.evaluate", f"--out_dir={out}", "--device=cpu", "--dtype=float32")
+    p = run("-m", "minigpt", "evaluate", f"--out_dir={out}", "--device=cpu", "--dtype=float32")
     printed = re.search(r"([\d,]+) tokens predicted.*\nloss ([\d.]+)  perplexity ([\d.]+)  bits per byte ([\d.]+)",
                         p.stdout)
     n_printed, loss_printed, ppl_printed, bpb_printed = printed.groups()
@@ -118,3 +118,14 @@ def test_unknown_prompt_character_and_small_dataset(trained, tmp_path):
     run("data/prepare.py", str(tmp_path / "small.txt"), f"--out={tmp_path / 'small'}")
     p = run("train.py", "--preset=tiny", f"--dataset={tmp_path / 'small'}", f"--out_dir={tmp_path / 'o'}", check=False)
     assert p.returncode != 0 and "fewer than block_size" in p.stderr
+
+
+def test_one_entry_point_for_every_tool():
+    p = run("-m", "minigpt", "--help")
+    assert all(name in p.stdout for name in ("params", "evaluate", "attention", "export", "bench", "bpe", "verify"))
+    bad = run("-m", "minigpt", "parms", check=False)
+    assert bad.returncode == 2 and "unknown command 'parms'" in bad.stderr
+    p = run("-m", "minigpt", "params", "tiny")  # the same parser as train.py: a misspelt setting is refused
+    assert "total" in p.stdout
+    bad = run("-m", "minigpt", "params", "tiny", "--n_layr=3", check=False)
+    assert bad.returncode == 2 and "did you mean n_layer" in bad.stderr

@@ -8,7 +8,7 @@ import torch
 from conftest import needs_gpt2
 from minigpt import checkpoint
 from minigpt.config import RuntimeConfig
-from minigpt.evaluate import EvalConfig, evaluate, token_bytes
+from minigpt.tools.evaluate import EvalConfig, evaluate, token_bytes
 from minigpt.model import GPT, GPTConfig
 from minigpt.tokenizer import CharTokenizer, TiktokenTokenizer
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import flops
+from minigpt.tools import flops
 from minigpt.config import PRESETS, build_config, train_sections
 from minigpt.model import GPT, GPTConfig
 
@@ -48,11 +48,11 @@ def test_gpu_peak_table(name, peak):
 
 
 def test_flops_does_not_import_params():
-    """One-way: minigpt.params imports minigpt.flops, never the reverse (FLOPs need only a count)."""
-    code = ("import sys, torch; from minigpt import flops, model; from minigpt.config import PRESETS\n"
+    """One-way: minigpt.tools.params imports minigpt.tools.flops, never the reverse (FLOPs need only a count)."""
+    code = ("import sys, torch; from minigpt import model; from minigpt.tools import flops; from minigpt.config import PRESETS\n"
             "with torch.device('meta'): m = model.GPT(model.GPTConfig(**PRESETS['gpt2']))\n"
             "assert flops.model_flops_per_token(m) == 855_166_464\n"
-            "assert 'minigpt.params' not in sys.modules")
+            "assert 'minigpt.tools.params' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

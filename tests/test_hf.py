@@ -10,7 +10,7 @@ from conftest import needs_gpt2, run
 transformers = pytest.importorskip("transformers")
 from minigpt import checkpoint  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
-from minigpt.export import export_hf  # noqa: E402
+from minigpt.tools.export import export_hf  # noqa: E402
 from minigpt.generate import GREEDY, generate  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 
@@ -88,10 +88,10 @@ def test_export_round_trip(tmp_path, bias):
 def test_export_cli_and_bad_format(tmp_path):
     tok = {"kind": "char", "chars": "abc"}
     checkpoint.save(tmp_path / "ckpt.pt", GPT(GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=8)), tok)
-    p = run("-m", "minigpt.export", f"--out_dir={tmp_path}", "--to=hf", str(tmp_path / "out"))
+    p = run("-m", "minigpt", "export", f"--out_dir={tmp_path}", "--to=hf", str(tmp_path / "out"))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "not GPT-2's" in p.stdout and config["vocab_size"] == 3 and config["eos_token_id"] is None
-    p = run("-m", "minigpt.export", f"--out_dir={tmp_path}", "--to=onnx", str(tmp_path / "o2"), check=False)
+    p = run("-m", "minigpt", "export", f"--out_dir={tmp_path}", "--to=onnx", str(tmp_path / "o2"), check=False)
     assert p.returncode == 2 and "unknown export format" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -5,7 +5,7 @@ import pytest
 from minigpt.config import PRESETS
 from minigpt.errors import UserError
 from minigpt.model import GPT, GPTConfig
-from minigpt.params import count_config, count_params, format_matrices, format_table, main, memory
+from minigpt.tools.params import count_config, count_params, format_matrices, format_table, main, memory
 
 
 @pytest.mark.parametrize("name,total", [

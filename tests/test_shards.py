@@ -71,7 +71,7 @@ def test_sharded_dataset_opens_and_checks_sha256(tmp_path):
     assert text.count("<|endoftext|>") == 18 and "number 9." not in text
     assert tok.decode(ds.splits["val"][:].tolist()).startswith("Document number 9.")
     shards.verify(out)
-    proc = run("-m", "minigpt.shards", str(out))
+    proc = run("-m", "minigpt", "verify", str(out))
     assert "all intact" in proc.stdout and f"{meta['train_tokens']:,} train" in proc.stdout
     # a changed token leaves the header intact but not the sha256
     f = out / meta["splits"]["train"]["shards"][1]["file"]
@@ -82,7 +82,7 @@ def test_sharded_dataset_opens_and_checks_sha256(tmp_path):
         TokenDataset(out)
     with pytest.raises(UserError, match="sha256"):
         shards.verify(out)
-    bad = run("-m", "minigpt.shards", str(out), check=False)
+    bad = run("-m", "minigpt", "verify", str(out), check=False)
     assert bad.returncode == 2 and "sha256" in bad.stderr and "Traceback" not in bad.stderr
     TokenDataset(out, verify=False)  # big datasets skip the check on opening
 

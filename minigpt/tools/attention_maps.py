@@ -1,8 +1,8 @@
 """Attention maps: what every head of a trained checkpoint looks at, as a PNG grid and a printout.
 
-    python -m minigpt.attention --out_dir=out --text="The cat sat on the mat" [--layer=L] [--head=H]
+    python -m minigpt attention --out_dir=out --text="The cat sat on the mat" [--layer=L] [--head=H]
                                 [--token=WORD_OR_INDEX] [--top=3] [--out=attention.png]
-    python -m minigpt.attention --init_from=gpt2 --text="..."    # OpenAI's GPT-2 (or a local HF folder)
+    python -m minigpt attention --init_from=gpt2 --text="..."    # OpenAI's GPT-2 (or a local HF folder)
 
 The model's own forward pass hands the masked softmax to SDPA, which never materialises the weights.
 `forward_with_attention` runs the same modules and weights with the softmax written out,
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
-from .config import RuntimeConfig, opt, parse_cli
-from .errors import UserError, run_cli
-from .fileio import atomic_open
-from .model import GPT
+from .. import checkpoint
+from ..config import RuntimeConfig, opt, parse_cli
+from ..errors import UserError, run_cli
+from ..fileio import atomic_open
+from ..model import GPT
 
 
 @dataclass
@@ -183,7 +183,7 @@ def _select(value: int | None, n: int, what: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    both = parse_cli(argv, {"attention": AttentionConfig, "runtime": RuntimeConfig}, "python -m minigpt.attention",
+    both = parse_cli(argv, {"attention": AttentionConfig, "runtime": RuntimeConfig}, "python -m minigpt attention",
                      __doc__.splitlines()[0])
     cfg = both.attention
     if not cfg.text:

@@ -1,6 +1,6 @@
 """Exact evaluation: loss, perplexity and bits per byte over a whole split, in non-overlapping windows.
 
-    python -m minigpt.evaluate --out_dir=out [--split=val] [--dataset=NAME] [--device=auto --dtype=auto]
+    python -m minigpt evaluate --out_dir=out [--split=val] [--dataset=NAME] [--device=auto --dtype=auto]
 
 Every token of the split but the first is predicted once, from the tokens before it in its window.
 Bits per byte divide the summed loss (in bits) by the bytes of text those predicted tokens spell: the
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
-from .config import RuntimeConfig, opt, parse_cli
-from .data import TokenDataset, iter_windows, resolve_dataset
-from .errors import UserError, run_cli
-from .model import GPT, lm_loss
+from .. import checkpoint
+from ..config import RuntimeConfig, opt, parse_cli
+from ..data import TokenDataset, iter_windows, resolve_dataset
+from ..errors import UserError, run_cli
+from ..model import GPT, lm_loss
 
 
 @torch.no_grad()
@@ -94,7 +94,7 @@ def evaluate(cfg: EvalConfig, rc: RuntimeConfig) -> Result:
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, {"eval": EvalConfig, "runtime": RuntimeConfig}, "python -m minigpt.evaluate",
+    cfg = parse_cli(argv, {"eval": EvalConfig, "runtime": RuntimeConfig}, "python -m minigpt evaluate",
                     __doc__.splitlines()[0])
     r = evaluate(cfg.eval, cfg.runtime)
     print(f"{r.split} split of {r.dataset}: {r.tokens:,} tokens predicted ({r.bytes:,} bytes of text)")

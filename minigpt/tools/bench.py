@@ -1,4 +1,4 @@
-"""The benchmark command: `python -m minigpt.bench [WORKLOAD ...] [--quick]` prints a markdown table.
+"""The benchmark command: `python -m minigpt bench [WORKLOAD ...] [--quick]` prints a markdown table.
 
 Each workload measures variants of one job against an in-run reference and reports tokens/s, ms/step,
 the ratio to the reference and the peak RSS of the process that ran it (every variant runs in a fresh
@@ -28,15 +28,16 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, flops, runtime
-from .config import PRESETS, opt, parse_cli
-from .corpus import shakespeare
-from .data import TokenDataset, resolve_dataset
-from .errors import UserError, run_cli
+from .. import checkpoint, runtime
+from ..config import PRESETS, opt, parse_cli
+from ..corpus import shakespeare
+from ..data import TokenDataset, resolve_dataset
+from ..errors import UserError, run_cli
+from ..generate import GREEDY, generate
+from ..model import GPT, GPTConfig, lm_loss
+from ..optim import make_optimizer
+from . import flops
 from .evaluate import evaluate_split
-from .generate import GREEDY, generate
-from .model import GPT, GPTConfig, lm_loss
-from .optim import make_optimizer
 
 
 def _project_root() -> Path:
@@ -237,7 +238,7 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
     if engine == "transformers":
         from transformers import GPT2Config, GPT2LMHeadModel  # optional, and seconds to import
 
-        from . import hf
+        from .. import hf
 
         ref = GPT2LMHeadModel(GPT2Config(**hf.hf_config(model.config))).eval()
         missing, unexpected = ref.load_state_dict(hf.to_hf_state_dict(model), strict=False)
@@ -475,7 +476,7 @@ class BenchConfig:
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, {"bench": BenchConfig}, "python -m minigpt.bench", __doc__.splitlines()[0],
+    cfg = parse_cli(argv, {"bench": BenchConfig}, "python -m minigpt bench", __doc__.splitlines()[0],
                     positional="workloads")
     s = cfg.bench
     names = s.workloads or list(WORKLOADS)

@@ -36,8 +36,8 @@ import time
 
 import torch
 
-from . import runtime
-from .model import GPTConfig
+from .. import runtime
+from ..model import GPTConfig
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from the vendors' datasheets. Matched against
 # torch.cuda.get_device_name() in this order, so the more specific names come first. V100 and T4 have

@@ -1,4 +1,4 @@
-"""Export a checkpoint for other tools: `python -m minigpt.export --out_dir=out --to=hf DIR`.
+"""Export a checkpoint for other tools: `python -m minigpt export --out_dir=out --to=hf DIR`.
 
 `--to=hf` writes a Hugging Face GPT-2 folder (config.json + model.safetensors) that
 `transformers.GPT2LMHeadModel.from_pretrained(DIR)` loads and that gives the same logits as minigpt.
@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint, hf
-from .config import opt, parse_cli
-from .errors import UserError, run_cli
-from .fileio import atomic_write_bytes, atomic_write_json
+from .. import checkpoint, hf
+from ..config import opt, parse_cli
+from ..errors import UserError, run_cli
+from ..fileio import atomic_write_bytes, atomic_write_json
 
 FORMATS = ("hf",)
 
@@ -47,9 +47,9 @@ def export_hf(out_dir: str | Path, dest: str | Path) -> Path:
 def main(argv: list[str]) -> int:
     folders = [a for a in argv if not a.startswith("-")]
     flags = [a for a in argv if a.startswith("-")]
-    cfg = parse_cli(flags, {"export": ExportConfig}, "python -m minigpt.export", __doc__.splitlines()[0]).export
+    cfg = parse_cli(flags, {"export": ExportConfig}, "python -m minigpt export", __doc__.splitlines()[0]).export
     if len(folders) != 1:
-        raise UserError("give one folder to write, as: python -m minigpt.export --out_dir=out --to=hf DIR")
+        raise UserError("give one folder to write, as: python -m minigpt export --out_dir=out --to=hf DIR")
     if cfg.to not in FORMATS:
         raise UserError(f"unknown export format --to={cfg.to}; use one of {', '.join(FORMATS)}")
     dest = export_hf(cfg.out_dir, folders[0])

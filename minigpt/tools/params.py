@@ -1,15 +1,15 @@
-"""Parameter counts per block, per head and per matrix: the table train.py logs, and `python -m minigpt.params`.
+"""Parameter counts per block, per head and per matrix: the table train.py logs, and `python -m minigpt params`.
 
 The command adds per-head figures, tied vs untied totals, memory for training and FLOPs per token.
 
 Counts come from the module itself (its named parameters, a tied tensor counted once), so they can
 never drift from the model. For big presets the model is built on the `meta` device: no memory.
 
-    python -m minigpt.params gpt2                       # a preset: per-block table, per head, memory
-    python -m minigpt.params configs/baby.toml --n_layer=8
-    python -m minigpt.params out                        # the model of a checkpoint (or --out_dir=out)
-    python -m minigpt.params gpt3 --matrices_only       # GPT-3 matrix by matrix, as 3Blue1Brown counts it
-    python -m minigpt.params gpt2 --format=json         # for scripts
+    python -m minigpt params gpt2                       # a preset: per-block table, per head, memory
+    python -m minigpt params configs/baby.toml --n_layer=8
+    python -m minigpt params out                        # the model of a checkpoint (or --out_dir=out)
+    python -m minigpt params gpt3 --matrices_only       # GPT-3 matrix by matrix, as 3Blue1Brown counts it
+    python -m minigpt params gpt2 --format=json         # for scripts
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint, flops
-from .config import build_config, opt, parse_cli, train_sections
-from .data import TokenDataset, resolve_dataset
-from .errors import UserError, run_cli
-from .model import GPT, GPTConfig
+from .. import checkpoint
+from ..config import build_config, opt, parse_cli, train_sections
+from ..data import TokenDataset, resolve_dataset
+from ..errors import UserError, run_cli
+from ..model import GPT, GPTConfig
+from . import flops
 
 BLOCK_COLUMNS = ("attn qkv", "attn out", "mlp up", "mlp down", "norms")
 _KIND = {  # parameter-name fragment inside a block -> column
@@ -280,7 +281,7 @@ def format_flops(c: ParamCounts, config: GPTConfig) -> str:
 
 
 def report(c: ParamCounts, config: GPTConfig) -> str:
-    """Everything `python -m minigpt.params` prints: the train.py table, per head, tying, memory, FLOPs."""
+    """Everything `python -m minigpt params` prints: the train.py table, per head, tying, memory, FLOPs."""
     return "\n\n".join([format_table(c), format_per_head(c, config), format_tying(c), format_memory(c),
                          format_flops(c, config)])
 
@@ -355,7 +356,7 @@ def _model_config(cfg) -> tuple[GPTConfig, str]:
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, SECTIONS, "python -m minigpt.params", ABOUT, positional="source")
+    cfg = parse_cli(argv, SECTIONS, "python -m minigpt params", ABOUT, positional="source")
     p = cfg.params
     if p.format not in ("text", "json"):
         raise UserError(f"--format must be text or json, got '{p.format}'")
