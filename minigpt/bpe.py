@@ -86,7 +86,10 @@ def from_hf(hf, pat_str: str, name: str = "bpe") -> BPETokenizer:
     """Convert a trained HF byte-level BPE to tiktoken's ranks: the 256 bytes, then each merge's result in order."""
     merges = json.loads(hf.to_str())["model"]["merges"]
     to_byte = _unicode_to_byte()
-    as_bytes = lambda s: bytes(to_byte[c] for c in s)  # noqa: E731
+
+    def as_bytes(s: str) -> bytes:
+        return bytes(to_byte[c] for c in s)
+
     tokens = [bytes([b]) for b in range(256)]
     seen = set(tokens)
     for m in merges:

@@ -242,19 +242,7 @@ def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size:
                         MBps=f"{n_bytes / 1e6 / max(time.time() - t0, 1e-9):.1f}", refresh=False)
 
     try:
-        if num_proc == 1:  # in this process: the single-core reference
-            _init_worker(tok.spec(), quiet_sigint=False)
-            for end, texts, splits, ends in batches:
-                consume(end, _encode(texts, splits, ends, dtype.name))
-        else:
-            with mp.get_context("spawn").Pool(num_proc, _init_worker, (tok.spec(), True)) as pool:
-                pending: deque = deque()  # at most 2 batches per worker in flight: memory stays flat
-                for end, texts, splits, ends in batches:
-                    pending.append((end, pool.apply_async(_encode, (texts, splits, ends, dtype.name))))
-                    if len(pending) >= 2 * num_proc:
-                        consume(pending[0][0], pending.popleft()[1].get())
-                while pending:
-                    consume(pending[0][0], pending.popleft()[1].get())
+        _encode_in_order(batches, tok.spec(), dtype.name, num_proc, consume)
     except KeyboardInterrupt:
         save_state(done)
         bar.close()
@@ -278,6 +266,31 @@ def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size:
                         f"document(s)); change --val_fraction or add text")
     for w in writers.values():
         w.finish()
+    meta = _meta(tok, dtype, source, writers, shard_size, val_fraction)
+    atomic_write_json(out / "meta.json", meta)  # written last: a dataset with meta.json is complete
+    state_path.unlink(missing_ok=True)
+    return meta
+
+
+def _encode_in_order(batches, spec: dict, dtype_name: str, num_proc: int, consume) -> None:
+    """Tokenize every batch, in this process or `num_proc` workers, handing results to `consume` in order."""
+    if num_proc == 1:  # in this process: the single-core reference
+        _init_worker(spec, quiet_sigint=False)
+        for end, texts, splits, ends in batches:
+            consume(end, _encode(texts, splits, ends, dtype_name))
+        return
+    with mp.get_context("spawn").Pool(num_proc, _init_worker, (spec, True)) as pool:
+        pending: deque = deque()  # at most 2 batches per worker in flight: memory stays flat
+        for end, texts, splits, ends in batches:
+            pending.append((end, pool.apply_async(_encode, (texts, splits, ends, dtype_name))))
+            if len(pending) >= 2 * num_proc:
+                consume(pending[0][0], pending.popleft()[1].get())
+        while pending:
+            consume(pending[0][0], pending.popleft()[1].get())
+
+
+def _meta(tok, dtype: np.dtype, source: corpus.Source, writers: dict, shard_size: int, val_fraction: float) -> dict:
+    """meta.json of a finished dataset: tokenizer, source, how it was split, and per split its shards."""
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -297,8 +310,6 @@ def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size:
     for s, w in writers.items():  # flat keys for the callers that need only these
         meta[f"{s}_tokens"] = w.counts["tokens"]
         meta[f"{s}_bytes"] = w.counts["bytes"]
-    atomic_write_json(out / "meta.json", meta)  # written last: a dataset with meta.json is complete
-    state_path.unlink(missing_ok=True)
     return meta
 
 

@@ -276,32 +276,84 @@ def train(cfg: Config) -> dict:
         distributed.shutdown(world)
 
 
+class Progress:
+    """What a run shows and records as it goes: the progress bar, log lines, metrics.jsonl / wandb,
+    tokens per second and MFU. Only rank 0 shows or writes anything."""
+
+    def __init__(self, run: Run):
+        t, st, world = run.t, run.state, run.world
+        self.run, self.main = run, world.is_main
+        self.tracker = Tracker(run.out_dir, st.iter_num if run.resumed else None, run.cfg.to_dict(),
+                               wandb=(t.wandb_project, t.wandb_run_name) if t.wandb_log else None,
+                               wandb_id=st.wandb_id) if self.main else None
+        if self.tracker is not None:
+            st.wandb_id = self.tracker.wandb_id
+        self.tokens_per_iter = t.batch_size * run.micro_steps * world.world_size * run.model.config.block_size
+        peak, note = flops.device_peak(run.rt.device, run.rt.dtype) if self.main else (None, "")
+        self.peak = peak * world.world_size if peak else None  # tokens/s counts every rank's tokens
+        run.say(f"MFU against: {note}")
+        if run.micro_steps * world.world_size > t.gradient_accumulation_steps:
+            run.say(f"note: gradient_accumulation_steps={t.gradient_accumulation_steps} is below the "
+                    f"{world.world_size} processes, so each runs one micro-batch: a step sees "
+                    f"{self.tokens_per_iter:,} tokens")
+        run.say(f"training on {run.rt.describe()} x {world.world_size}, {self.tokens_per_iter:,} tokens per "
+                f"iteration, dataset {run.dataset.path} ({run.dataset.meta['train_tokens']:,} train tokens)")
+        self.start_iter, self.t0 = st.iter_num, time.time()
+        self.tokens, self.t_last = 0, time.time()
+        self.bar = tqdm(total=t.max_iters, initial=st.iter_num, desc="training", dynamic_ncols=True,
+                        disable=not self.main)
+
+    def mfu(self, tokens_per_s: float) -> float | None:
+        return flops.mfu(self.run.flops_per_token, tokens_per_s, self.peak) if self.peak else None
+
+    def evaluated(self, it: int, losses: dict[str, float]) -> None:
+        self.run.say(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if self.tracker:
+            self.tracker.log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+
+    def stepped(self, loss: torch.Tensor, lr: float) -> None:
+        self.bar.update(1)
+        self.tokens += self.tokens_per_iter
+        it = self.run.state.iter_num
+        if it % self.run.t.log_interval:
+            return
+        lossf = distributed.mean(loss, self.run.world, self.run.rt.device)
+        now = time.time()
+        tps, self.tokens, self.t_last = self.tokens / (now - self.t_last), 0, now
+        mfu = self.mfu(tps)
+        self.bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
+                             **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}))
+        if self.tracker:
+            self.tracker.log({"iter": it, "loss": lossf, "lr": lr, "tokens_per_s": tps,
+                              **({"mfu": mfu} if mfu is not None else {})})
+
+    def close(self) -> float:
+        """Close the bar and the log; returns the seconds since the start."""
+        self.bar.close()
+        if self.tracker:
+            self.tracker.close()
+        return time.time() - self.t0
+
+    def done(self, elapsed: float) -> None:
+        run = self.run
+        if self.main and run.t.plot:
+            plot_losses(run.out_dir / "metrics.jsonl", run.out_dir / "loss.png")
+        n = max(0, run.t.max_iters - self.start_iter)
+        tps = n * self.tokens_per_iter / max(elapsed, 1e-9)
+        mfu = self.mfu(tps)
+        run.say(f"done: {n} iterations in {elapsed:.1f}s ({tps:,.0f} tokens/s"
+                f"{f', MFU {mfu:.1%} with evals' if mfu is not None else ''}); checkpoint in {run.out_dir}")
+
+
 def _train(run: Run) -> dict:
-    t, st, world, device = run.t, run.state, run.world, run.rt.device
+    t, st = run.t, run.state
+    losses: dict[str, float] = {}
     if t.eval_only:
         losses = estimate_loss(run)
         run.say(f"step {st.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return {"losses": losses, "best_val_loss": st.best_val_loss, "elapsed": 0.0, "out_dir": str(run.out_dir)}
-    tracker = Tracker(run.out_dir, st.iter_num if run.resumed else None, run.cfg.to_dict(),
-                      wandb=(t.wandb_project, t.wandb_run_name) if t.wandb_log else None,
-                      wandb_id=st.wandb_id) if world.is_main else None
-    if tracker is not None:
-        st.wandb_id = tracker.wandb_id
-    tokens_per_iter = t.batch_size * run.micro_steps * world.world_size * run.model.config.block_size
-    flops_per_token = run.flops_per_token
-    peak, peak_note = flops.device_peak(device, run.rt.dtype) if world.is_main else (None, "")
-    run.say(f"MFU against: {peak_note}")
-    if run.micro_steps * world.world_size > t.gradient_accumulation_steps:
-        run.say(f"note: gradient_accumulation_steps={t.gradient_accumulation_steps} is below the {world.world_size} "
-                f"processes, so each runs one micro-batch: a step sees {tokens_per_iter:,} tokens")
-    run.say(f"training on {run.rt.describe()} x {world.world_size}, {tokens_per_iter:,} tokens per iteration, "
-            f"dataset {run.dataset.path} ({run.dataset.meta['train_tokens']:,} train tokens)")
-
-    losses: dict[str, float] = {}
+    progress = Progress(run)
     stopped_by = None
-    start_iter, t0 = st.iter_num, time.time()
-    tokens_seen, t_last = 0, time.time()
-    bar = tqdm(total=t.max_iters, initial=start_iter, desc="training", dynamic_ncols=True, disable=not world.is_main)
     with _stop_signals() as caught:
         while True:
             it = st.iter_num
@@ -310,9 +362,7 @@ def _train(run: Run) -> dict:
                 improved = losses["val"] < st.best_val_loss
                 st.best_val_loss = min(st.best_val_loss, losses["val"])  # never replaced by a worse one
                 st.eval_done = True
-                run.say(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                if tracker:
-                    tracker.log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+                progress.evaluated(it, losses)
                 if improved or t.always_save_checkpoint:
                     run.save(improved)
             if it >= t.max_iters:
@@ -323,42 +373,22 @@ def _train(run: Run) -> dict:
             st.iter_num, st.eval_done = it + 1, False
             if not finite:
                 if t.on_nan == "stop":
-                    bar.close()
+                    progress.close()
                     raise UserError(f"the loss became {loss.item()} at iteration {it}; stopped, the last good "
                                     f"checkpoint in {run.out_dir} is untouched (lower learning_rate, or on_nan=skip)")
                 run.say(f"warning: non-finite loss at iteration {it}; step skipped")
                 continue
-            bar.update(1)
-            tokens_seen += tokens_per_iter
-            if st.iter_num % t.log_interval == 0:
-                lossf = distributed.mean(loss, world, device)
-                now = time.time()
-                tps, tokens_seen, t_last = tokens_seen / (now - t_last), 0, now
-                mfu = flops.mfu(flops_per_token, tps, peak * world.world_size) if peak else None
-                bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
-                                **({"mfu": f"{mfu:.1%}"} if mfu is not None else {}))
-                if tracker:
-                    tracker.log({"iter": st.iter_num, "loss": lossf, "lr": lr, "tokens_per_s": tps,
-                                 **({"mfu": mfu} if mfu is not None else {})})
-            if distributed.any_flag(bool(caught), world, device):
+            progress.stepped(loss, lr)
+            if distributed.any_flag(bool(caught), run.world, run.rt.device):
                 stopped_by = caught[0] if caught else signal.SIGTERM
                 run.save(improved=False)
                 break
-    bar.close()
-    if tracker:
-        tracker.close()
-    elapsed = time.time() - t0
+    elapsed = progress.close()
     if stopped_by is not None:
         run.say(f"stopped by {signal.Signals(stopped_by).name} after iteration {st.iter_num}: checkpoint saved to "
                 f"{run.out_dir / 'ckpt.pt'}; continue with `python train.py ... --resume`")
         raise SystemExit(128 + stopped_by)  # 130 for SIGINT, 143 for SIGTERM
-    if world.is_main and t.plot:
-        plot_losses(run.out_dir / "metrics.jsonl", run.out_dir / "loss.png")
-    n_trained = max(0, t.max_iters - start_iter)
-    tps = n_trained * tokens_per_iter / max(elapsed, 1e-9)
-    mfu = flops.mfu(flops_per_token, tps, peak * world.world_size) if peak else None
-    run.say(f"done: {n_trained} iterations in {elapsed:.1f}s ({tps:,.0f} tokens/s"
-            f"{f', MFU {mfu:.1%} with evals' if mfu is not None else ''}); checkpoint in {run.out_dir}")
+    progress.done(elapsed)
     return {"losses": losses, "best_val_loss": st.best_val_loss, "elapsed": elapsed, "out_dir": str(run.out_dir)}
 
 

@@ -153,12 +153,6 @@ def test_bidirectional_fused_equals_the_models_attention_without_the_mask():
     assert not torch.allclose(unmasked, model_attn(x), atol=1e-3)  # and the mask did matter
 
 
-def test_the_model_does_not_import_the_lessons():
-    import minigpt.model
-
-    assert "lessons" not in open(minigpt.model.__file__).read()
-
-
 def test_walkthrough_prints_each_step(capsys):
     from minigpt.lessons.attention import main
 

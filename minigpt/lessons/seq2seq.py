@@ -415,7 +415,10 @@ def statquest() -> dict[str, torch.Tensor]:
 
 def print_statquest() -> None:
     n = statquest()
-    vec = lambda t: "[" + ", ".join(f"{v:.4g}" for v in t.tolist()) + "]"  # noqa: E731
+
+    def vec(t: torch.Tensor) -> str:
+        return "[" + ", ".join(f"{v:.4g}" for v in t.tolist()) + "]"
+
     print("StatQuest's \"Let's go\" -> \"vamos\", first decoder step, on this lesson's functions:")
     for (word, e), s in zip(LETS_GO.items(), n["scores"].tolist()):
         print(f"  (1) score(\"{word}\") = {vec(n['h'])} . {vec(torch.tensor(e))} = {s:.2f}")

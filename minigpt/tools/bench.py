@@ -245,11 +245,14 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
         assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # the head is tied
         ref.generation_config.eos_token_id = None  # never stop early: exactly new_tokens tokens
         mask = torch.ones_like(prompt)
-        run = lambda n: ref.generate(prompt, attention_mask=mask, max_new_tokens=n, do_sample=False,  # noqa: E731
-                                     pad_token_id=0)
+
+        def run(n: int) -> torch.Tensor:
+            return ref.generate(prompt, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0)
     else:
         model.to(runtime.DTYPES[dtype_name])
-        run = lambda n: generate(model, prompt, max_new_tokens=n, sampling=GREEDY)  # noqa: E731
+
+        def run(n: int) -> torch.Tensor:
+            return generate(model, prompt, max_new_tokens=n, sampling=GREEDY)
     with torch.inference_mode():
         run(8)  # warm-up
         best, out = 0.0, None

@@ -175,7 +175,10 @@ def _block_rows(c: ParamCounts) -> list[list[str]]:
 def _columns(header: list[str], rows: list[list[str]], left: int = 0) -> list[str]:
     """Right-aligned columns (the first `left` ones left-aligned), two spaces apart."""
     widths = [max(len(r[j]) for r in rows + [header]) for j in range(len(header))]
-    line = lambda r: "  ".join(x.ljust(w) if j < left else x.rjust(w) for j, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r: list[str]) -> str:
+        return "  ".join(x.ljust(w) if j < left else x.rjust(w) for j, (x, w) in enumerate(zip(r, widths)))
+
     return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
