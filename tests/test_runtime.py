@@ -19,19 +19,31 @@ def test_auto_dtype_on_cpu_depends_on_width_and_bf16_support(monkeypatch):
     assert runtime.pick_dtype("bfloat16", CPU) is torch.bfloat16
 
 
-def test_threads_follow_the_free_cores(monkeypatch):
+def test_threads_follow_the_free_cores_and_a_probe_when_busy(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    probed = []
+
+    def probe(candidates):
+        probed.append(candidates)
+        return {n: (1000.0 if n == 1 else 300.0) for n in candidates}  # a busy core: more threads stall
+
+    monkeypatch.setattr(runtime, "probe_threads", probe)
     monkeypatch.setattr(runtime, "free_cores", lambda: (2, 0.1))
-    assert runtime.pick_threads(0, CPU)[0] == 2
+    assert runtime.pick_threads(0, CPU)[0] == 2 and probed == []  # a quiet machine: every core, no probe
     monkeypatch.setattr(runtime, "free_cores", lambda: (2, 0.9))  # another program keeps one core busy
     threads, why = runtime.pick_threads(0, CPU)
-    assert threads == 1 and "1 of 2 cores free" in why
-    monkeypatch.setattr(runtime, "free_cores", lambda: (2, 2.0))
-    assert runtime.pick_threads(0, CPU)[0] == 1  # never zero
-    assert runtime.pick_threads(2, CPU) == (2, "set by --threads")
+    assert threads == 1 and probed == [[1, 2]] and "busy" in why
+    monkeypatch.setattr(runtime, "probe_threads", lambda c: {n: 100.0 * n for n in c})  # e.g. it runs at nice 19
+    assert runtime.pick_threads(0, CPU)[0] == 2
+    assert runtime.pick_threads(3, CPU) == (3, "set by --threads")
     monkeypatch.setattr(runtime, "free_cores", lambda: (8, 0.0))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's processes share the cores
     assert runtime.pick_threads(0, CPU)[0] == 4
+
+
+def test_thread_probe_times_each_candidate():
+    rates = runtime.probe_threads([1, 2], seconds=0.02)
+    assert set(rates) == {1, 2} and all(r > 0 for r in rates.values())
 
 
 def test_free_cores_reads_a_share_of_the_allowed_cores():
