@@ -21,8 +21,8 @@ def state(out):
     return torch.load(out / "ckpt.pt", weights_only=True)
 
 
-def assert_same_weights(a, b, atol=1e-5):
-    """The tolerance every single-process comparison in this suite uses (fp32 sums in another order)."""
+def assert_same_weights(a, b, atol=1e-6):
+    """Equal but for fp32 sums in another order (measured: 1.2e-7 after 20 steps, FSDP vs one process)."""
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
