@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoint
-from ..config import build_config, opt, parse_cli, train_sections
+from ..config import build_config, model_config, opt, parse_cli, train_sections
 from ..data import TokenDataset, resolve_dataset
 from ..errors import UserError, run_cli
 from ..model import GPT, GPTConfig
@@ -328,7 +328,8 @@ def _checkpoint_config(cfg, path: str) -> tuple[GPTConfig, str]:
     shape_keys = cfg.explicit & set(GPTConfig.__dataclass_fields__)
     if shape_keys:
         raise UserError(f"a checkpoint is counted with its own model; drop {', '.join(sorted(shape_keys))}")
-    return GPTConfig(**checkpoint.load(path)["model_config"]), f"checkpoint {checkpoint.find(path)}"
+    header = checkpoint.read_header(path)  # the config only: the weights are never read
+    return header.config, header.description
 
 
 def _model_config(cfg) -> tuple[GPTConfig, str]:
@@ -351,10 +352,10 @@ def _model_config(cfg) -> tuple[GPTConfig, str]:
     m = cfg.model
     if "dataset" in cfg.explicit and "vocab_size" not in cfg.explicit:
         try:  # train.py takes the vocabulary from the dataset; so do we when it is prepared
-            m = GPTConfig(**{**m.__dict__, "vocab_size": TokenDataset(resolve_dataset(cfg.train.dataset)).vocab_size})
+            vocab_size = TokenDataset(resolve_dataset(cfg.train.dataset)).vocab_size
         except UserError:
             return m, f"config; dataset '{cfg.train.dataset}' is not prepared, so vocab_size is {m.vocab_size}"
-        return m, f"config, vocab_size from dataset '{cfg.train.dataset}'"
+        return model_config(cfg, vocab_size=vocab_size), f"config, vocab_size from dataset '{cfg.train.dataset}'"
     return m, "config"
 
 
