@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,15 @@ def barrier(world: World) -> None:
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process() -> None:
+    """End a torchrun worker after `shutdown`, skipping the interpreter's finalization. On the CPU with
+    gloo, tearing down what FSDP2 leaves behind aborted a finished worker in about 1 run in 20 here
+    ("terminate called without an active exception", exit code -6) after its checkpoint was written."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def wrap(model: nn.Module, world: World, fsdp: bool, device: torch.device) -> nn.Module:

@@ -271,9 +271,13 @@ def train(cfg: Config) -> dict:
     try:
         result = _train(setup(cfg, world, device_name))
         distributed.barrier(world)  # rank 0 may still be writing: nobody tears the group down under it
-        return result
-    finally:
+    except BaseException:
         distributed.shutdown(world)
+        raise
+    distributed.shutdown(world)
+    if world.distributed:
+        distributed.exit_process()  # a torchrun worker whose work is done and saved
+    return result
 
 
 class Progress:

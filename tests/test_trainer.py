@@ -56,6 +56,23 @@ def test_resume_is_bit_identical(char_dataset, tmp_path, straight):
     assert losses_of(out) == losses_of(straight)
 
 
+def test_a_checkpoint_of_the_previous_version_loads_and_resumes_exactly(char_dataset, tmp_path, straight):
+    """Version 1 (before the remodel) kept rank 0's RNG state as one dict and had no dataset or wandb ids."""
+    from minigpt import checkpoint
+
+    out = tmp_path / "v1"
+    train(cfg(char_dataset, out, max_iters=20))
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    state["version"], state["rng"] = 1, state["rng"][0]
+    for k in ("wandb_id", "dataset_id"):
+        del state[k]
+    torch.save(state, out / "ckpt.pt")
+    assert checkpoint.load_model(out).state["version"] == 1  # sample, evaluate, export read it
+    train(cfg(char_dataset, out, max_iters=40, resume=True))
+    assert weights_hash(out) == weights_hash(straight)
+    assert losses_of(out) == losses_of(straight)
+
+
 def _start(char_dataset, out, max_iters, **kw):
     """train.py in its own process; its output goes to OUT.log (a pipe nobody reads would fill up and
     stall the run)."""
