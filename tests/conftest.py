@@ -1,8 +1,11 @@
 """Shared test fixtures: small corpora made on the spot, the offline GPT-2 vocabulary where present."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,14 @@ TIKTOKEN_CACHE = SHARED / "tiktoken_cache"
 TINYSHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
 if TIKTOKEN_CACHE.is_dir():
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_CACHE))
+
+# Tests never write to the user's home: the caches and logs of the libraries they drive (datasets,
+# wandb, matplotlib) go to a folder of this test process, which subprocesses inherit.
+_CACHES = tempfile.mkdtemp(prefix="minigpt-test-caches-")
+atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
+for _var, _sub in {"HF_HOME": "huggingface", "WANDB_CACHE_DIR": "wandb", "WANDB_CONFIG_DIR": "wandb",
+                   "WANDB_DATA_DIR": "wandb", "MPLCONFIGDIR": "matplotlib"}.items():
+    os.environ[_var] = os.path.join(_CACHES, _sub)
 
 needs_gpt2 = pytest.mark.skipif(
     not (TIKTOKEN_CACHE.is_dir() or os.environ.get("TIKTOKEN_CACHE_DIR")),
