@@ -184,7 +184,7 @@ def train_step_bench(preset: str, overrides: dict, batch: int, dtype_name: str, 
     ms = statistics.median(times) * 1000
     tps = batch * T / (ms / 1000)
     return {"tokens_per_s": tps, "ms_per_step": ms,
-            "flops_per_token": flops.model_flops_per_token(model, T),  # 6N + 12 L C T, see minigpt.flops
+            "flops_per_token": flops.model_flops_per_token(model, T),  # 6N + 12 L C T, see minigpt.tools.flops
             "compile_s": max(0.0, first - ms / 1000) if compile_ else 0.0}
 
 

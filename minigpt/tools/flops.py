@@ -85,7 +85,7 @@ def inference_flops_per_token(n: int, config: GPTConfig, T: int | None = None) -
 
 def model_flops_per_token(model: torch.nn.Module, T: int | None = None) -> int:
     """Training FLOPs per token of a GPT module, from its parameter count (`parameters()` lists a tied
-    tensor once) and config; no table of minigpt.params needed, so that module may import this one."""
+    tensor once) and config; no table of minigpt.tools.params needed, so that module may import this one."""
     n_params = sum(p.numel() for p in model.parameters())
     tied = model.lm_head.weight is model.transformer.wte.weight
     return train_flops_per_token(matmul_params(n_params, model.config, tied), model.config, T)
@@ -209,7 +209,7 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float | None,
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak(name)
         if peak is None:
-            return None, f"{name} is not in minigpt.flops.GPU_PEAKS; MFU not reported"
+            return None, f"{name} is not in minigpt.tools.flops.GPU_PEAKS; MFU not reported"
         return peak, f"{name}, {peak / 1e12:,.0f} TFLOP/s dense bf16 (datasheet)"
     if device.type == "cpu":
         return cpu_peak(dtype)

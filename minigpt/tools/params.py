@@ -268,7 +268,7 @@ def format_matrices(c: ParamCounts, config: GPTConfig) -> str:
 
 
 def flops_per_token(c: ParamCounts, config: GPTConfig) -> dict[str, int]:
-    """Training and inference FLOPs per token at the full context (see minigpt.flops for the formulas)."""
+    """Training and inference FLOPs per token at the full context (see minigpt.tools.flops for the formulas)."""
     n = flops.matmul_params(c.total, config, c.tied)
     return {"matmul_params": n, "training": flops.train_flops_per_token(n, config),
             "inference": flops.inference_flops_per_token(n, config)}
@@ -277,7 +277,7 @@ def flops_per_token(c: ParamCounts, config: GPTConfig) -> dict[str, int]:
 def format_flops(c: ParamCounts, config: GPTConfig) -> str:
     f = flops_per_token(c, config)
     return "\n".join([
-        f"FLOPs per token at T = {config.block_size} (N = {f['matmul_params']:,} parameters in matmuls; minigpt.flops):",
+        f"FLOPs per token at T = {config.block_size} (N = {f['matmul_params']:,} parameters in matmuls; minigpt.tools.flops):",
         f"  training   6N + 12 L C T = {f['training']:,}",
         f"  inference  2N +  4 L C T = {f['inference']:,}",
     ])
