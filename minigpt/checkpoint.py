@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, runtime
+from . import distributed, hf, runtime
 from .errors import UserError
 from .fileio import atomic_open
 from .model import GPT, GPTConfig
@@ -185,20 +185,16 @@ GPT2_TOKENIZER = {"kind": "tiktoken", "name": "gpt2"}
 
 def _is_gpt2(source: str | Path) -> bool:
     """True for OpenAI's names and for Hugging Face folders (config.json and no ckpt.pt); a checkpoint otherwise."""
-    from .hf import GPT2_NAMES
-
     p = Path(source)
-    if str(source) in GPT2_NAMES and not p.exists():
+    if str(source) in hf.GPT2_NAMES and not p.exists():
         return True
     return p.is_dir() and (p / "config.json").is_file() and not (p / "ckpt.pt").is_file()
 
 
 def _check_exists(source: str | Path) -> None:
-    from .hf import GPT2_NAMES
-
     if not Path(source).exists():
         raise UserError(f"no model at {source}: give a checkpoint folder or .pt file (train one with "
-                        f"`python train.py --out_dir={source}`), a GPT-2 name ({', '.join(GPT2_NAMES)}) or a local "
+                        f"`python train.py --out_dir={source}`), a GPT-2 name ({', '.join(hf.GPT2_NAMES)}) or a local "
                         f"Hugging Face GPT-2 folder")
 
 
@@ -206,8 +202,6 @@ def read_header(source: str | Path) -> Header:
     """The model config and tokenizer of `source` without loading its weights (a checkpoint's tensors
     are memory-mapped and never read; a GPT-2 name is still downloaded on first use)."""
     if _is_gpt2(source):
-        from . import hf
-
         return Header(hf.read_config(hf.locate(str(source))), GPT2_TOKENIZER, f"GPT-2 weights {source}")
     _check_exists(source)
     state = load(source, mmap=True)
@@ -227,8 +221,6 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", *, config
     longer than the source's (position embeddings are cropped) and any dropout (fine-tuning).
     """
     if _is_gpt2(source):
-        from . import hf
-
         own, weights = hf.read(str(source))
         model = _build(own, weights, config, str(source))
         return Loaded(model.to(device).eval(), tokenizers.from_spec(GPT2_TOKENIZER), None, f"GPT-2 weights {source}")
@@ -238,11 +230,9 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", *, config
     return Loaded(model, tokenizers.from_spec(state["tokenizer"]), state, _describe(source, state))
 
 
-def load_for_inference(source: str | Path, rc) -> tuple[Loaded, "runtime.Runtime"]:
+def load_for_inference(source: str | Path, rc) -> tuple[Loaded, runtime.Runtime]:
     """`load_model(source)` placed as the RuntimeConfig `rc` says: device, and weights held in the runtime
     dtype (picked by the model's width), the one precision policy of sample, evaluate and the attention maps."""
-    from . import runtime
-
     loaded = load_model(source)
     rt = runtime.setup(rc, loaded.model.config.n_embd)
     loaded.model.to(device=rt.device, dtype=rt.dtype)

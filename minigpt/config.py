@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .model import GPTConfig
 
 
 def opt(default: Any, help: str):
@@ -127,8 +128,6 @@ class SampleConfig:
 
 # The sections each command reads, in --help order.
 def train_sections() -> dict[str, type]:
-    from .model import GPTConfig  # the model's own dataclass is its settings section
-
     return {"model": GPTConfig, "train": TrainConfig, "runtime": RuntimeConfig}
 
 
@@ -343,8 +342,6 @@ def model_config(cfg: Config, *, vocab_size: int, resumed=None, pretrained=None,
       theirs) and dropout if typed (else 0); other shape settings must agree;
     - from scratch: defaults < preset < file < command line, the vocabulary from the dataset's tokenizer
       (`vocab_size`) unless vocab_size was typed (then at least the tokenizer's)."""
-    from .model import GPTConfig
-
     m = cfg.model
     given = cfg.explicit | (cfg.preset - {"vocab_size"})  # a preset's vocabulary yields to the dataset's
 

@@ -25,7 +25,7 @@ from .tools import flops, params
 from .config import Config, TrainConfig, model_config
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
-from .model import GPT, lm_loss
+from .model import GPT, GPTConfig, lm_loss
 from .optim import lr_at, make_optimizer
 from .tracking import Tracker, plot_losses
 
@@ -151,8 +151,6 @@ def initial_state(t: TrainConfig, dataset: TokenDataset, out_dir: Path) -> dict 
 
 def build_model(cfg: Config, dataset: TokenDataset, state: dict | None) -> GPT:
     """The run's model: a checkpoint's shape (resume), pretrained weights (fine-tune) or fresh weights."""
-    from .model import GPTConfig
-
     t = cfg.train
     if state is not None:
         mcfg = model_config(cfg, vocab_size=dataset.vocab_size, resumed=GPTConfig(**state["model_config"]))
