@@ -69,9 +69,11 @@ def test_evaluate_whole_split(trained):
     n = len(val) - 1
     text_bytes = len(tok.decode(val[1:].tolist()).encode("utf-8"))  # the first token is never predicted
     assert int(n_printed.replace(",", "")) == n
-    assert float(loss_printed) == pytest.approx(nats / n, abs=1e-4)
-    assert float(ppl_printed) == pytest.approx(math.exp(nats / n), abs=2e-3)
-    assert float(bpb_printed) == pytest.approx(nats / math.log(2) / text_bytes, abs=1e-4)
+    # the command prints 4, 3 and 4 decimals: half a unit of the last printed digit, plus 1e-5 for fp32
+    # sums taken in another order (batched windows there, one window at a time here)
+    assert float(loss_printed) == pytest.approx(nats / n, abs=5e-5 + 1e-5)
+    assert float(ppl_printed) == pytest.approx(math.exp(nats / n), abs=5e-4 + 1e-4)
+    assert float(bpb_printed) == pytest.approx(nats / math.log(2) / text_bytes, abs=5e-5 + 1e-5)
 
 
 def test_long_prompt_is_cropped_with_a_note(trained):
