@@ -77,6 +77,13 @@ class TrainConfig:
     warmup_iters: int = opt(50, "steps of linear warmup from 0 to learning_rate")
     lr_decay_iters: int = opt(1000, "step at which the cosine decay reaches min_lr")
     decay_lr: bool = opt(True, "use warmup + cosine decay; if false, a constant learning_rate")
+    lr_schedule: str = opt("cosine", "after warmup: 'cosine' decay to min_lr at lr_decay_iters, or 'wsd' (warmup-"
+                                     "stable-decay): flat, then linear to min_lr over the last cooldown_iters")
+    cooldown_iters: int = opt(0, "with lr_schedule='wsd': steps of linear decay ending at lr_decay_iters")
+    optimizer: str = opt("adamw", "'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for the rest")
+    muon_lr: float = opt(0.02, "with optimizer='muon': Muon's peak learning rate (follows the same schedule)")
+    muon_momentum: float = opt(0.95, "with optimizer='muon': Muon's Nesterov momentum")
+    muon_weight_decay: float = opt(0.0, "with optimizer='muon': decoupled weight decay on Muon's matrices")
     weight_decay: float = opt(0.1, "AdamW weight decay on 2-D weights (embeddings and matrices)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")

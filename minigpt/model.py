@@ -12,6 +12,7 @@ so far, so each new token costs one position's worth of compute instead of the w
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -109,9 +110,15 @@ class CausalSelfAttention(nn.Module):
                 causal = False
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
         # softmax(q k^T / sqrt(hs) + causal mask) v; flash / memory-efficient kernels where available
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
-        )  # (B, nh, T, hs)
+        dtype, fp32 = q.dtype, False
+        if q.device.type == "cpu" and dtype != torch.float32 and hs < 64 and torch.is_grad_enabled():
+            # torch's CPU flash kernel runs its bf16 backward ~4x slower than fp32's below head size 64
+            # (6.9 vs 1.5 ms for 24 x 4 heads x 64 x 32): small heads train faster attending in fp32
+            q, k, v, fp32 = q.float(), k.float(), v.float(), True
+        with torch.autocast("cpu", enabled=False) if fp32 else contextlib.nullcontext():  # autocast would cast back
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
+            ).to(dtype)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

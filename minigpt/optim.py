@@ -1,4 +1,11 @@
-"""The optimizer: AdamW with weight decay only on matrices and embeddings, and the learning-rate schedule."""
+"""The optimizers and the learning-rate schedule.
+
+AdamW (the default) decays every matrix and embedding, never biases or LayerNorm gains. `MuonAdamW`
+(`--optimizer=muon`) trains the transformer blocks' weight matrices with Muon and everything else
+(embeddings, the tied head, norms, biases) with AdamW, as nanochat and the modded-nanogpt speedruns do.
+The schedule (`lr_at`) is linear warmup, then cosine decay or warmup-stable-decay (flat, then a linear
+cooldown to min_lr); Muon's learning rate follows the same curve, scaled to its own peak.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.optim.adamw import adamw
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -19,20 +27,146 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def hidden_matrices(model: nn.Module) -> list[torch.Tensor]:
+    """The 2-D weights inside the transformer blocks (attention and MLP matrices): what Muon trains.
+    Embeddings and the head stay with AdamW: a lookup table's rows are not a linear map to orthogonalise."""
+    return [p for p in model.transformer.h.parameters() if p.dim() == 2 and p.requires_grad]
+
+
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                   device: torch.device) -> torch.optim.AdamW:
+                   device: torch.device, *, muon_lr: float | None = None, muon_momentum: float = 0.95,
+                   muon_weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW over all weights, or with `muon_lr` set, Muon over the hidden matrices and AdamW over the rest.
+    Muon's groups are marked "muon": True; `set_lr` moves both rates along the schedule together."""
     # The fused kernel does the whole update in one pass per tensor; supported on CUDA and CPU in torch >= 2.4
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+    if muon_lr is None:
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+    muon = hidden_matrices(model)
+    in_muon = {id(p) for p in muon}
+    rest = [p for p in {id(p): p for p in model.parameters() if p.requires_grad}.values() if id(p) not in in_muon]
+    groups = [{"params": muon, "muon": True, "lr": muon_lr, "weight_decay": muon_weight_decay},
+              {"params": [p for p in rest if p.dim() >= 2], "lr": lr, "weight_decay": weight_decay},
+              {"params": [p for p in rest if p.dim() < 2], "lr": lr, "weight_decay": 0.0}]
+    return MuonAdamW(groups, betas=betas, momentum=muon_momentum, ns_dtype=newton_schulz_dtype(device), fused=fused)
 
 
-def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int, decay: bool = True) -> float:
-    """Linear warmup to `lr`, cosine decay to `min_lr` at `decay_iters`, then flat at `min_lr`."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, scale: float, muon_lr: float | None = None) -> None:
+    """AdamW's groups to `lr`, Muon's to `scale` x `muon_lr` (`scale`: where the schedule is, as a share of
+    its peak). Taken from the settings at every step, so a resumed run follows a changed rate."""
+    for g in optimizer.param_groups:
+        g["lr"] = muon_lr * scale if g.get("muon") else lr
+
+
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the hardware multiplies it natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32:
+    torch.optim.Muon always iterates in bf16, which an AVX2-only CPU emulates ~100x slower than fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        from .tools.flops import cpu_bf16_native  # the one place that reads the CPU's flags
+
+        return torch.bfloat16 if cpu_bf16_native() else torch.float32
+    return torch.float32
+
+
+# Keller Jordan's quintic coefficients (also torch.optim.Muon's): a steep slope at zero, so 5 steps
+# bring every singular value into roughly [0.7, 1.2]; exact orthogonality is not needed.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32,
+                  eps: float = 1e-7) -> torch.Tensor:
+    """Newton-Schulz iteration towards U V^T for each matrix of `g` ((..., rows, cols), batched), i.e.
+    the update with its singular values pushed to ~1. Runs in `dtype`, returns g's dtype."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(dtype)
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide side: X X^T is then the smaller Gram matrix
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm = 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        poly = b * gram + c * (gram @ gram)
+        x = a * x + poly @ x
+    return (x.mT if tall else x).to(g.dtype)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for groups with "muon": True, AdamW for the others: one optimizer, one state dict, one step.
+
+    Muon (Jordan et al. 2024): SGD momentum with Nesterov's look-ahead, the update orthogonalised by
+    Newton-Schulz and scaled by sqrt(max(1, rows / cols)) (torch.optim.Muon's default), decoupled weight
+    decay. Matrices of the same shape are orthogonalised together as one batch (a 12-layer model makes 4
+    batched iterations per step, not 48). The iteration runs in `ns_dtype`: bf16 only where it is native.
+    """
+
+    def __init__(self, groups: list[dict], *, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                 momentum: float = 0.95, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32,
+                 fused: bool | None = None):
+        super().__init__(groups, dict(betas=betas, eps=eps, momentum=momentum, muon=False, weight_decay=0.0))
+        self.ns_steps, self.ns_dtype, self.fused = ns_steps, ns_dtype, fused
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                (self._muon if group["muon"] else self._adamw)(group, params)
+        return loss
+
+    def _adamw(self, group: dict, params: list[torch.Tensor]) -> None:
+        for p in params:
+            if not self.state[p]:
+                self.state[p].update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                                     exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        st = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [],
+              [s["step"] for s in st], fused=self.fused, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+
+    def _muon(self, group: dict, params: list[torch.Tensor]) -> None:
+        by_shape: dict[tuple, list[torch.Tensor]] = {}
+        for p in params:
+            if p.dim() != 2:
+                raise ValueError(f"Muon trains matrices only, got a parameter of shape {tuple(p.shape)}")
+            by_shape.setdefault(tuple(p.shape), []).append(p)
+        lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        for shape, ps in by_shape.items():
+            bufs = []
+            for p in ps:
+                if not self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(self.state[p]["momentum_buffer"])
+            grads = [p.grad for p in ps]
+            torch._foreach_lerp_(bufs, grads, 1 - mu)  # buf = mu buf + (1 - mu) g
+            updates = torch.stack(grads).lerp_(torch.stack(bufs), mu)  # Nesterov: (1 - mu) g + mu buf
+            updates = orthogonalize(updates, self.ns_steps, self.ns_dtype)
+            if wd:
+                torch._foreach_mul_(ps, 1 - lr * wd)
+            torch._foreach_add_(ps, list(updates.unbind(0)), alpha=-lr * math.sqrt(max(1.0, shape[0] / shape[1])))
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int, decay: bool = True,
+          schedule: str = "cosine", cooldown_iters: int = 0) -> float:
+    """Linear warmup to `lr`, then down to `min_lr` at `decay_iters` and flat after it. `schedule`:
+    'cosine' decays from the end of warmup; 'wsd' (warmup-stable-decay) holds `lr` and decays linearly
+    over the last `cooldown_iters` steps before `decay_iters`. `decay=False`: a constant `lr`."""
     if not decay:
         return lr
     if step < warmup_iters:
         return lr * (step + 1) / (warmup_iters + 1)
     if step >= decay_iters:
         return min_lr
+    if schedule == "wsd":
+        start = decay_iters - cooldown_iters
+        if step < start:
+            return lr
+        return lr + (step - start) / max(1, cooldown_iters) * (min_lr - lr)
     progress = (step - warmup_iters) / max(1, decay_iters - warmup_iters)  # 0 -> 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)

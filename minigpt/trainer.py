@@ -26,7 +26,7 @@ from .config import Config, TrainConfig, model_config
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
 from .model import GPT, GPTConfig, lm_loss
-from .optim import lr_at, make_optimizer
+from .optim import lr_at, make_optimizer, set_lr
 from .tracking import Tracker, plot_losses
 
 
@@ -99,6 +99,16 @@ def check_settings(t: TrainConfig, world: distributed.World) -> int:
         raise UserError("max_iters and keep_last must be >= 0")
     if t.on_nan not in ("stop", "skip"):
         raise UserError(f"on_nan must be 'stop' or 'skip', got '{t.on_nan}'")
+    if t.lr_schedule not in ("cosine", "wsd"):
+        raise UserError(f"lr_schedule must be 'cosine' or 'wsd', got '{t.lr_schedule}'")
+    if t.lr_schedule == "wsd" and not 0 <= t.cooldown_iters <= t.lr_decay_iters - t.warmup_iters:
+        raise UserError(f"cooldown_iters ({t.cooldown_iters}) must fit between warmup_iters ({t.warmup_iters}) and "
+                        f"lr_decay_iters ({t.lr_decay_iters})")
+    if t.optimizer not in ("adamw", "muon"):
+        raise UserError(f"optimizer must be 'adamw' or 'muon', got '{t.optimizer}'")
+    if t.optimizer == "muon" and t.fsdp:
+        raise UserError("--optimizer=muon orthogonalises whole matrices, which FSDP shards; train with DDP "
+                        "(--fsdp=false) or with --optimizer=adamw")
     if t.init_from == "resume":
         raise UserError("--init_from=resume is now --resume (continue out_dir/ckpt.pt)")
     if t.fsdp and not world.distributed:
@@ -195,7 +205,9 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
     flops_per_token = flops.model_flops_per_token(model)
     step_model = distributed.wrap(model, world, t.fsdp, rt.device)  # FSDP shards `model` in place
     runtime.seed_everything(cfg.runtime.seed + world.rank)  # but different dropout masks on each rank
-    optimizer = make_optimizer(model, t.learning_rate, t.weight_decay, (t.beta1, t.beta2), rt.device)
+    optimizer = make_optimizer(model, t.learning_rate, t.weight_decay, (t.beta1, t.beta2), rt.device,
+                               muon_lr=t.muon_lr if t.optimizer == "muon" else None, muon_momentum=t.muon_momentum,
+                               muon_weight_decay=t.muon_weight_decay)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype is torch.float16)  # bf16 has fp32's range
     # Every rank draws the same global batch and trains on its own rows of it: N ranks x batch B see
     # exactly what one process with batch N*B sees.
@@ -238,8 +250,7 @@ def estimate_loss(run: Run) -> dict[str, float]:
 def train_step(run: Run, lr: float) -> tuple[torch.Tensor, bool]:
     """One optimizer step: gradients accumulated over micro-batches (all-reduced on the last only), then
     clip and AdamW. Returns (mean loss, finite on every rank); a non-finite loss leaves the weights untouched."""
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(run.optimizer, lr, lr / run.t.learning_rate if run.t.learning_rate else 0.0, run.t.muon_lr)
     loss_sum = torch.zeros((), device=run.rt.device)
     for micro in range(run.micro_steps):
         x, y = run.batches.get("train")
@@ -370,7 +381,8 @@ def _train(run: Run) -> dict:
             if it >= t.max_iters:
                 break
 
-            lr = lr_at(it, t.learning_rate, t.min_lr, t.warmup_iters, t.lr_decay_iters, t.decay_lr)
+            lr = lr_at(it, t.learning_rate, t.min_lr, t.warmup_iters, t.lr_decay_iters, t.decay_lr,
+                       t.lr_schedule, t.cooldown_iters)
             loss, finite = train_step(run, lr)
             st.iter_num, st.eval_done = it + 1, False
             if not finite:
