@@ -1,7 +1,11 @@
-import pytest
+import copy
 
-from minigpt.model import GPT, GPTConfig
-from minigpt.optim import lr_at, param_groups
+import pytest
+import torch
+
+from minigpt.model import GPT, GPTConfig, lm_loss
+from minigpt.optim import MuonAdamW, hidden_matrices, lr_at, make_optimizer, orthogonalize, param_groups
+from minigpt.tools.flops import cpu_bf16_native
 
 
 def test_lr_schedule_warmup_cosine_floor():
@@ -22,3 +26,69 @@ def test_decay_only_on_matrices_and_tied_weight_once():
     assert ids.count(id(model.lm_head.weight)) == 1 and len(ids) == len(set(ids))  # the tied pair: once
     named = dict(model.named_parameters(remove_duplicate=False))  # lists the head and the embedding both
     assert len(named) == len(ids) + 1
+
+
+def test_wsd_schedule_holds_then_cools_down_linearly():
+    kw = dict(lr=1.0, min_lr=0.1, warmup_iters=10, decay_iters=110, schedule="wsd", cooldown_iters=40)
+    assert lr_at(5, **kw) < 1.0
+    assert lr_at(10, **kw) == lr_at(50, **kw) == lr_at(70, **kw) == 1.0  # stable until 110 - 40
+    assert lr_at(90, **kw) == pytest.approx(0.55)  # halfway down the cooldown
+    assert lr_at(110, **kw) == 0.1 and lr_at(200, **kw) == 0.1
+
+
+def test_orthogonalize_pushes_every_singular_value_towards_one():
+    torch.manual_seed(0)
+    for shape in [(3, 48, 16), (2, 16, 48), (32, 32)]:  # tall, wide (batched) and square
+        *batch, m, n = shape
+        u, _ = torch.linalg.qr(torch.randn(*batch, m, m))
+        v, _ = torch.linalg.qr(torch.randn(*batch, n, n))
+        k = min(m, n)
+        s_in = torch.logspace(-2, 0, k)  # singular values over two decades
+        g = u[..., :k] @ torch.diag(s_in) @ v[..., :k].mT
+        s = torch.linalg.svdvals(orthogonalize(g))
+        # 5 quintic steps bring every singular value within 100x of the largest into about [0.68, 1.2]
+        # (Jordan 2024); the update keeps G's singular vectors, only its scales change
+        assert s.min() > 0.6 and s.max() < 1.25, (shape, s.min(), s.max())
+        d = u[..., :k].mT @ orthogonalize(g) @ v[..., :k]  # in G's singular basis: diagonal, if only scales changed
+        assert (d - torch.diag_embed(torch.diagonal(d, dim1=-2, dim2=-1))).abs().max() < 1e-4
+
+
+def _muon_reference(p, g, buf, lr, mu, wd):
+    """One Muon step on one matrix, written out plainly (what the batched optimizer must match)."""
+    buf = mu * buf + (1 - mu) * g
+    update = orthogonalize(((1 - mu) * g + mu * buf)[None])[0]
+    return p * (1 - lr * wd) - lr * max(1.0, p.shape[0] / p.shape[1]) ** 0.5 * update, buf
+
+
+def test_muon_adamw_matches_plain_muon_on_matrices_and_adamw_on_the_rest():
+    torch.manual_seed(0)
+    # no biases: the key bias's gradient is zero up to rounding (softmax ignores a shift shared by all keys),
+    # and Adam's normalisation would blow that rounding noise up to full-size steps in both copies
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=20, bias=False))
+    ref = copy.deepcopy(model)
+    opt = make_optimizer(model, 1e-2, 0.1, (0.9, 0.95), torch.device("cpu"), muon_lr=0.05, muon_weight_decay=0.01)
+    assert isinstance(opt, MuonAdamW)
+    assert opt.ns_dtype == (torch.bfloat16 if cpu_bf16_native() else torch.float32)  # bf16 only where native
+    opt.ns_dtype = torch.float32  # the reference below iterates in fp32
+    muon_ids = {id(p) for p in hidden_matrices(model)}
+    assert len(muon_ids) == 8 and id(model.transformer.wte.weight) not in muon_ids  # 4 matrices a block
+    in_muon = {id(p) for p in hidden_matrices(ref)}
+    rest = [p for p in {id(p): p for p in ref.parameters()}.values() if id(p) not in in_muon]
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": 0.1},
+                               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=1e-2, betas=(0.9, 0.95))
+    bufs = {n: torch.zeros_like(p) for n, p in ref.named_parameters() if p.dim() == 2 and n.startswith("transformer.h")}
+    x = torch.randint(0, 20, (4, 8))
+    for _ in range(3):
+        for m in (model, ref):
+            m.zero_grad()
+            lm_loss(m(x), torch.roll(x, 1, 1)).backward()
+        opt.step()
+        adamw.step()
+        with torch.no_grad():
+            for n, p in ref.named_parameters():
+                if n in bufs:
+                    new, bufs[n] = _muon_reference(p, p.grad, bufs[n], 0.05, 0.95, 0.01)
+                    p.copy_(new)
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)  # fp32 sums in another order, nothing more

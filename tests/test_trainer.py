@@ -305,3 +305,21 @@ def test_wandb_offline_run_holds_the_metrics_and_a_resume_continues_it(char_data
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)  # one wandb run, continued
     data = next(runs[0].glob("run-*.wandb")).read_bytes()
     assert b"val_loss" in data and b"train_loss" in data
+
+
+def test_muon_resume_is_bit_identical_and_its_settings_are_checked(char_dataset, tmp_path):
+    muon = dict(optimizer="muon", lr_schedule="wsd", cooldown_iters=20, lr_decay_iters=40)
+    straight_out, out = tmp_path / "straight", tmp_path / "parts"
+    first = train(cfg(char_dataset, straight_out, max_iters=40, **muon))
+    train(cfg(char_dataset, out, max_iters=20, **muon))
+    train(cfg(char_dataset, out, max_iters=40, resume=True, **muon))
+    assert weights_hash(out) == weights_hash(straight_out) and losses_of(out) == losses_of(straight_out)
+    assert first["losses"]["train"] < 3.0  # it learns (the tiny model starts at ln(65) = 4.17)
+    state = torch.load(out / "ckpt.pt", weights_only=True)["optimizer"]
+    assert any("momentum_buffer" in s for s in state["state"].values())  # Muon's state is in the checkpoint
+    with pytest.raises(UserError, match="--optimizer=muon, whose state cannot carry over"):
+        train(cfg(char_dataset, out, max_iters=50, resume=True))
+    for bad, match in [(dict(optimizer="sgd"), "optimizer must be"), (dict(lr_schedule="linear"), "lr_schedule must be"),
+                       (dict(lr_schedule="wsd", cooldown_iters=100), "cooldown_iters")]:
+        with pytest.raises(UserError, match=match):
+            train(cfg(char_dataset, tmp_path / "bad", max_iters=1, **bad))

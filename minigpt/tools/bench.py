@@ -290,10 +290,32 @@ def run_generate(quick: bool, ceilings: Ceilings) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------
 # speedrun-cpu: the CPU speedrun against the recipe it beats, run here too
 
-SPEEDRUN = {  # variant -> config; the first is the in-run reference
-    "reference configs/baby.toml": "configs/baby.toml",
-    "speedrun configs/speedrun_cpu.toml": "configs/speedrun_cpu.toml",
+SPEEDRUN = {  # variant -> (config, runs, target); the first is the in-run reference
+    "reference configs/baby.toml (nanoGPT's baby recipe)": ("configs/baby.toml", 1, ""),
+    "speedrun configs/speedrun_cpu.toml": ("configs/speedrun_cpu.toml", 3, "goal: loss <= 1.898 in 1/6 of the reference's wall"),
+    "quality configs/quality_cpu.toml": ("configs/quality_cpu.toml", 3, "goal: loss <= 1.65 within the reference's wall"),
 }
+# nanoGPT's documented CPU run of shakespeare_char (its README), for --nanogpt_dir
+NANOGPT_BABY = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
+                "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+                "--lr_decay_iters=2000", "--dropout=0.0"]
+# Its checkpoint's loss over the whole val split, in the windows minigpt's evaluate uses (run inside its checkout)
+NANOGPT_FULL_VAL = """
+import sys, numpy as np, torch
+from model import GPT, GPTConfig
+ck = torch.load(sys.argv[1], map_location="cpu")
+m = GPT(GPTConfig(**ck["model_args"]))
+m.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ck["model"].items()})
+m.eval()
+data = np.fromfile("data/shakespeare_char/val.bin", dtype=np.uint16).astype(np.int64)
+T, n, total = m.config.block_size, len(data) - 1, 0.0
+with torch.no_grad():
+    for s in range(0, n, T):
+        e = min(s + T, n)
+        _, loss = m(torch.from_numpy(data[s:e])[None], torch.from_numpy(data[s + 1:e + 1])[None])
+        total += loss.item() * (e - s)
+print(total / n)
+"""
 
 
 def tinyshakespeare_input(data_dir: str) -> Path:
@@ -320,32 +342,80 @@ def speedrun_dataset(data_dir: str, tmp: Path) -> Path:
     return out
 
 
-def run_speedrun(quick: bool, data_dir: str, runs: int = 3) -> list[dict]:
+def _timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    return time.perf_counter() - t0, proc
+
+
+def _failed(what: str, proc: subprocess.CompletedProcess) -> str:
+    return f"{what} failed: {' '.join(proc.stderr.strip().splitlines()[-1:])}"
+
+
+def run_nanogpt(nanogpt: Path, input_txt, quick: bool) -> dict:
+    """nanoGPT's baby command in its own checkout (its data prepared there first, from the same text), timed
+    from launch to exit, and its checkpoint's loss over the whole val split."""
+    row = {"workload": "speedrun-cpu", "variant": f"peer: nanoGPT's baby command ({nanogpt})"}
+    data = nanogpt / "data" / "shakespeare_char"
+    if not (data / "val.bin").is_file():
+        shutil.copyfile(input_txt(), data / "input.txt")  # its prepare.py downloads it otherwise
+        proc = subprocess.run([sys.executable, "prepare.py"], capture_output=True, text=True, cwd=data)
+        if proc.returncode:
+            return {**row, "notes": _failed("nanoGPT's data/shakespeare_char/prepare.py", proc)}
+    with tempfile.TemporaryDirectory(prefix="bench-nanogpt-") as out:
+        wall, proc = _timed([sys.executable, "train.py", *NANOGPT_BABY, f"--out_dir={out}"]
+                            + (["--max_iters=50", "--lr_decay_iters=50"] if quick else []), cwd=nanogpt)
+        if proc.returncode:
+            return {**row, "notes": _failed("nanoGPT's train.py", proc)}
+        ev = subprocess.run([sys.executable, "-c", NANOGPT_FULL_VAL, str(Path(out) / "ckpt.pt")], capture_output=True,
+                            text=True, cwd=nanogpt)
+        if ev.returncode:
+            return {**row, "notes": _failed("evaluating nanoGPT's checkpoint", ev)}
+    return {**row, "wall": wall, "loss": float(ev.stdout.split()[-1])}
+
+
+def run_speedrun(quick: bool, data_dir: str, nanogpt_dir: str = "", runs: int = 3) -> list[dict]:
     """Wall time of `python train.py CONFIG` (launch to saved checkpoint) and its loss over the whole
-    tinyshakespeare val split, for the reference recipe (nanoGPT's baby run) and for the speedrun."""
+    tinyshakespeare val split: the reference recipe (nanoGPT's baby run, in minigpt) once, each recipe with
+    `runs` seeds and a summary row; with `nanogpt_dir`, nanoGPT's own baby run beside them."""
     rows, ref = [], None
+
+    def add(row: dict, target: str = "") -> None:
+        nonlocal ref
+        ref = ref or row["wall"]
+        rows.append({**row, "ratio": ref / row["wall"],
+                     "notes": f"wall {row['wall']:.1f}s launch to checkpoint, full-val loss {row['loss']:.4f}"
+                              + (f"; {target}" if target else "")})
+
     with tempfile.TemporaryDirectory(prefix="bench-speedrun-") as tmp:
         dataset = speedrun_dataset(data_dir, Path(tmp))
-        for variant, config in SPEEDRUN.items():
-            n_runs = 1 if quick or config == "configs/baby.toml" else runs
+        for variant, (config, n_runs, target) in SPEEDRUN.items():
+            n_runs = 1 if quick else n_runs
+            done = []
             for i in range(n_runs):
                 out = Path(tmp) / f"out-{len(rows)}"
-                cmd = [sys.executable, str(ROOT / "train.py"), str(ROOT / config), f"--out_dir={out}",
-                       f"--dataset={dataset}", "--plot=false"] + (["--max_iters=50"] if quick else [])
-                t0 = time.perf_counter()
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                wall = time.perf_counter() - t0
-                row = {"workload": "speedrun-cpu", "variant": variant + (f", run {i + 1}" if n_runs > 1 else "")}
+                row = {"workload": "speedrun-cpu", "variant": variant + (f", seed {1337 + i}" if n_runs > 1 else "")}
+                wall, proc = _timed([sys.executable, str(ROOT / "train.py"), str(ROOT / config), f"--out_dir={out}",
+                                     f"--dataset={dataset}", "--plot=false", f"--seed={1337 + i}"]
+                                    + (["--max_iters=50", "--lr_decay_iters=50", "--cooldown_iters=20"] if quick else []))
                 if proc.returncode:
-                    rows.append({**row, "notes": f"train.py failed: {proc.stderr.strip().splitlines()[-1:]}"})
+                    rows.append({**row, "notes": _failed("train.py", proc)})
                     continue
                 loaded = checkpoint.load_model(out)
-                model, state = loaded.model, loaded.state
-                loss, _ = evaluate_split(model, TokenDataset(resolve_dataset(state["dataset"])).splits["val"], 64)
-                ref = ref or wall
-                rows.append({**row, "ms_per_step": None, "ratio": ref / wall,
-                             "notes": f"wall {wall:.1f}s launch to checkpoint, full-val loss {loss:.4f} "
-                                      f"(target <= 1.898; nanoGPT's baby run: 134 s)"})
+                loss, _ = evaluate_split(loaded.model, TokenDataset(resolve_dataset(loaded.state["dataset"])).splits["val"], 64)
+                done.append({**row, "wall": wall, "loss": loss})
+                add(done[-1], target)
+            if len(done) > 1:
+                walls, losses = [r["wall"] for r in done], [r["loss"] for r in done]
+                add({"workload": "speedrun-cpu", "variant": variant + f", mean of {len(done)}",
+                     "wall": statistics.mean(walls), "loss": statistics.mean(losses)},
+                    f"worst {max(losses):.4f}, slowest {max(walls):.1f}s ({ref / max(walls):.2f}x); {target}")
+        if nanogpt_dir:
+            peer = run_nanogpt(Path(nanogpt_dir), lambda: tinyshakespeare_input(data_dir), quick)
+            if "wall" in peer:
+                add(peer, "the same recipe in nanoGPT, run here")
+            else:
+                rows.append(peer)
     return rows
 
 
@@ -464,7 +534,7 @@ WORKLOADS = {  # name -> (run(settings, ceilings), needs the matmul peaks, needs
     "train-baby": (lambda s, c: run_train("train-baby", s.quick, c), True, False),
     "train-gpt2": (lambda s, c: run_train("train-gpt2", s.quick, c), True, False),
     "generate-gpt2": (lambda s, c: run_generate(s.quick, c), False, True),
-    "speedrun-cpu": (lambda s, c: run_speedrun(s.quick, s.data_dir), False, False),
+    "speedrun-cpu": (lambda s, c: run_speedrun(s.quick, s.data_dir, s.nanogpt_dir), False, False),
     "prepare": (lambda s, c: run_prepare(s.quick), False, False),
 }
 
@@ -476,6 +546,8 @@ class BenchConfig:
     quick: bool = opt(False, "fewer steps: a smoke run, not a measurement")
     data_dir: str = opt("", "folder holding tinyshakespeare/input.txt, for speedrun-cpu when data/tinyshakespeare "
                             "is not prepared; default $MINIGPT_SHARED")
+    nanogpt_dir: str = opt("", "a karpathy/nanoGPT checkout: speedrun-cpu also runs nanoGPT's own baby command there "
+                               "and evaluates it the same way (a peer run side by side; nothing of it is imported here)")
 
 
 def main(argv: list[str]) -> int:
@@ -488,6 +560,9 @@ def main(argv: list[str]) -> int:
         raise UserError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     if "speedrun-cpu" in names and not (ROOT / "data" / "tinyshakespeare" / "meta.json").is_file():
         tinyshakespeare_input(s.data_dir)  # fail now, not after the other workloads
+    if s.nanogpt_dir and not all((Path(s.nanogpt_dir) / f).is_file() for f in ("train.py", "model.py")):
+        raise UserError(f"--nanogpt_dir={s.nanogpt_dir} holds no nanoGPT checkout (train.py and model.py); clone "
+                        f"karpathy/nanoGPT there, or leave --nanogpt_dir out")
     name = machine()
     print(f"machine: {name}, torch {torch.__version__}", flush=True)
     ceilings = Ceilings.probe(matmul=any(WORKLOADS[n][1] for n in names),
