@@ -1,6 +1,9 @@
 """The benchmark's logic, fast: the table, the probes' sanity, skipping emulated bf16, the command line.
 (The benchmarks themselves take minutes and assert nothing; they are not run here.)"""
 
+import subprocess
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -62,7 +65,7 @@ def test_train_rows_use_their_dtype_peak_and_never_exceed_100_percent(monkeypatc
 def test_probe_skips_the_bf16_peak_without_native_bf16(monkeypatch):
     monkeypatch.setattr(flops, "cpu_bf16_native", lambda: False)
     probed = []
-    monkeypatch.setattr(flops, "matmul_peak", lambda dtype: probed.append(dtype) or 5e10)
+    monkeypatch.setattr(flops, "matmul_peak", lambda dtype, seconds: probed.append(dtype) or 5e10)
     said = []
     c = bench.Ceilings.probe(matmul=True, bandwidth=False, say=said.append)
     assert probed == [torch.float32] and c.peaks == {"float32": 5e10, "bfloat16": None} and c.bandwidth is None
@@ -125,3 +128,37 @@ def test_speedrun_finds_the_shared_data_by_flag_or_environment(tmp_path, monkeyp
     monkeypatch.setattr(bench, "ROOT", tmp_path)  # no data/tinyshakespeare prepared there
     with pytest.raises(UserError, match="--data_dir is not set"):
         bench.main(["speedrun-cpu"])  # before any workload runs
+
+
+def test_speedrun_rows_ratio_every_run_to_the_reference_and_summarise_each_recipe(tmp_path, monkeypatch):
+    walls = iter([90.0, 15.0, 14.0, 16.0, 80.0, 85.0, 90.0])  # reference, 3 speedrun seeds, 3 quality seeds
+    cmds = []
+
+    def fake_timed(cmd, cwd=None):
+        cmds.append(cmd)
+        return next(walls), subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(bench, "_timed", fake_timed)
+    monkeypatch.setattr(bench, "speedrun_dataset", lambda data_dir, tmp: tmp_path)
+    monkeypatch.setattr(bench.checkpoint, "load_model", lambda out: SimpleNamespace(model=None, state={"dataset": ""}))
+    monkeypatch.setattr(bench, "TokenDataset", lambda path: SimpleNamespace(splits={"val": None}))
+    monkeypatch.setattr(bench, "resolve_dataset", lambda name: name)
+    losses = iter([1.895, 1.89, 1.88, 1.87, 1.60, 1.61, 1.62])
+    monkeypatch.setattr(bench, "evaluate_split", lambda model, data, batch: (next(losses), 0))
+    rows = bench.run_speedrun(False, "")
+    assert [c[2].rsplit("/", 1)[-1] for c in cmds] == ["baby.toml"] + ["speedrun_cpu.toml"] * 3 + ["quality_cpu.toml"] * 3
+    assert [c[-1] for c in cmds[1:4]] == ["--seed=1337", "--seed=1338", "--seed=1339"]  # three seeds, not one run thrice
+    assert len(rows) == 9 and rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == 6.0
+    summary = rows[4]
+    assert summary["variant"].endswith("mean of 3") and summary["ratio"] == pytest.approx(90 / 15)
+    assert "worst 1.8900" in summary["notes"] and "slowest 16.0s (5.62x)" in summary["notes"]
+
+
+def test_a_failing_peer_is_a_row_not_a_crash(tmp_path, monkeypatch):
+    (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
+    (tmp_path / "data" / "shakespeare_char" / "val.bin").write_bytes(b"")
+    monkeypatch.setattr(bench, "_timed", lambda cmd, cwd=None: (1.0, subprocess.CompletedProcess(cmd, 1, "", "boom\n")))
+    row = bench.run_nanogpt(tmp_path, lambda: None, quick=True)
+    assert row["notes"] == "nanoGPT's train.py failed: boom" and "wall" not in row
+    with pytest.raises(UserError, match="holds no nanoGPT checkout"):
+        bench.main(["speedrun-cpu", f"--nanogpt_dir={tmp_path}", "--data_dir=/nowhere"])

@@ -558,11 +558,11 @@ def main(argv: list[str]) -> int:
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         raise UserError(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
-    if "speedrun-cpu" in names and not (ROOT / "data" / "tinyshakespeare" / "meta.json").is_file():
-        tinyshakespeare_input(s.data_dir)  # fail now, not after the other workloads
     if s.nanogpt_dir and not all((Path(s.nanogpt_dir) / f).is_file() for f in ("train.py", "model.py")):
         raise UserError(f"--nanogpt_dir={s.nanogpt_dir} holds no nanoGPT checkout (train.py and model.py); clone "
                         f"karpathy/nanoGPT there, or leave --nanogpt_dir out")
+    if "speedrun-cpu" in names and not (ROOT / "data" / "tinyshakespeare" / "meta.json").is_file():
+        tinyshakespeare_input(s.data_dir)  # fail now, not after the other workloads
     name = machine()
     print(f"machine: {name}, torch {torch.__version__}", flush=True)
     ceilings = Ceilings.probe(matmul=any(WORKLOADS[n][1] for n in names),
