@@ -58,6 +58,37 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, scale: float, muon_lr: f
         g["lr"] = muon_lr * scale if g.get("muon") else lr
 
 
+def clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params, max_norm: float) -> None:
+    """The optimizer step (through `scaler`), the gradients' global norm clipped to `max_norm` first (0: no
+    clipping), as torch.nn.utils.clip_grad_norm_ clips it.
+
+    Fused AdamW without a loss scale takes the clip factor inside its step, as the `grad_scale` it divides
+    every gradient by (the attribute GradScaler hands fused optimizers): a separate pass multiplying every
+    gradient cost 0.6 s of a 2,048-token GPT-2 step on 2 busy cores, the norms alone 34 ms."""
+    if max_norm > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+        params = [p for p in params if p.grad is not None]
+        grads = [p.grad for p in params]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=_foreach(grads))
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s factor
+        if (not scaler.is_enabled() and type(norm) is torch.Tensor and isinstance(optimizer, torch.optim.AdamW)
+                and optimizer.defaults.get("fused")):  # plain tensors: FSDP's DTensors take the general path
+            optimizer.grad_scale = 1.0 / coef
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.grad_scale
+            return
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=_foreach(grads))  # scales p.grad
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def _foreach(tensors: list[torch.Tensor]) -> bool | None:
+    """foreach kernels on the CPU too (torch's default takes them only on CUDA): one call, not one per tensor."""
+    return True if tensors and tensors[0].device.type in ("cpu", "cuda") else None
+
+
 def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the hardware multiplies it natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32:
     torch.optim.Muon always iterates in bf16, which an AVX2-only CPU emulates ~100x slower than fp32."""

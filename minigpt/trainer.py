@@ -26,7 +26,7 @@ from .config import Config, TrainConfig, model_config
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
 from .model import GPT, GPTConfig, lm_loss
-from .optim import lr_at, make_optimizer, set_lr
+from .optim import clip_and_step, lr_at, make_optimizer, set_lr
 from .tracking import Tracker, plot_losses
 
 
@@ -269,11 +269,7 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, bool]:
         if run.scaler.is_enabled():
             run.scaler.update(run.scaler.get_scale() / 2)
         return loss_sum, False
-    if run.t.grad_clip > 0:
-        run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the fp16-scaled ones
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.t.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    clip_and_step(run.optimizer, run.scaler, run.model.parameters(), run.t.grad_clip)
     run.optimizer.zero_grad(set_to_none=True)
     return loss_sum, True
 

@@ -3,8 +3,10 @@ import copy
 import pytest
 import torch
 
+from minigpt.config import PRESETS
 from minigpt.model import GPT, GPTConfig, lm_loss
-from minigpt.optim import MuonAdamW, hidden_matrices, lr_at, make_optimizer, orthogonalize, param_groups
+from minigpt.optim import (MuonAdamW, clip_and_step, hidden_matrices, lr_at, make_optimizer, orthogonalize,
+                           param_groups)
 from minigpt.tools.flops import cpu_bf16_native
 
 
@@ -92,3 +94,27 @@ def test_muon_adamw_matches_plain_muon_on_matrices_and_adamw_on_the_rest():
                     p.copy_(new)
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=n)  # fp32 sums in another order, nothing more
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping active, and not
+def test_clip_and_step_equals_clip_grad_norm_then_step(fused, max_norm):
+    torch.manual_seed(0)
+    models = [GPT(GPTConfig(**{**PRESETS["tiny"], "vocab_size": 50})) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    start = models[0].transformer.wte.weight.detach().clone()
+    opts = [torch.optim.AdamW(param_groups(m, 0.1), lr=1e-2, fused=fused) for m in models]
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x = torch.randint(0, 50, (2, 16))
+    for step in range(3):
+        for m in models:
+            lm_loss(m(x), x).backward()
+        torch.nn.utils.clip_grad_norm_(models[0].parameters(), max_norm)
+        opts[0].step()
+        clip_and_step(opts[1], scaler, models[1].parameters(), max_norm)
+        assert not hasattr(opts[1], "grad_scale")  # the clip factor does not outlive the step
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(models[0].transformer.wte.weight, start)  # the steps did move the weights
