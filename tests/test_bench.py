@@ -138,7 +138,7 @@ def test_speedrun_rows_ratio_every_run_to_the_reference_and_summarise_each_recip
         cmds.append(cmd)
         return next(walls), subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(bench, "_timed", fake_timed)
+    monkeypatch.setattr(bench, "_run_timed", fake_timed)
     monkeypatch.setattr(bench, "speedrun_dataset", lambda data_dir, tmp: tmp_path)
     monkeypatch.setattr(bench.checkpoint, "load_model", lambda out: SimpleNamespace(model=None, state={"dataset": ""}))
     monkeypatch.setattr(bench, "TokenDataset", lambda path: SimpleNamespace(splits={"val": None}))
@@ -157,7 +157,7 @@ def test_speedrun_rows_ratio_every_run_to_the_reference_and_summarise_each_recip
 def test_a_failing_peer_is_a_row_not_a_crash(tmp_path, monkeypatch):
     (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
     (tmp_path / "data" / "shakespeare_char" / "val.bin").write_bytes(b"")
-    monkeypatch.setattr(bench, "_timed", lambda cmd, cwd=None: (1.0, subprocess.CompletedProcess(cmd, 1, "", "boom\n")))
+    monkeypatch.setattr(bench, "_run_timed", lambda cmd, cwd=None: (1.0, subprocess.CompletedProcess(cmd, 1, "", "boom\n")))
     row = bench.run_nanogpt(tmp_path, lambda: None, quick=True)
     assert row["notes"] == "nanoGPT's train.py failed: boom" and "wall" not in row
     with pytest.raises(UserError, match="holds no nanoGPT checkout"):

@@ -149,7 +149,7 @@ TRAIN_VARIANTS = {  # variant -> (dtype, compile); the first is the reference
     "fp32 compiled": ("float32", True),
     "bf16 compiled": ("bfloat16", True),
 }
-# nanoGPT's own step at the same shape, when $NANOGPT names a checkout of karpathy/nanoGPT (run from there)
+# nanoGPT's own step at the same shape, with --nanogpt_dir naming a checkout of karpathy/nanoGPT (run from there)
 NANOGPT_VARIANT = "nanoGPT fp32 eager"
 
 
@@ -224,11 +224,11 @@ def nanogpt_step_bench(path: str, batch: int, T: int, steps: int, warmup: int) -
             "flops_per_token": 6 * n + 12 * 12 * 768 * T}
 
 
-def run_train(name: str, quick: bool, ceilings: Ceilings) -> list[dict]:
+def run_train(name: str, quick: bool, ceilings: Ceilings, nanogpt_dir: str = "") -> list[dict]:
     preset, overrides, batch, T = TRAIN_WORKLOADS[name]
     steps, warmup = (3, 1) if quick else (10, 3)
     variants = dict(TRAIN_VARIANTS)
-    if name == "train-gpt2" and os.environ.get("NANOGPT"):
+    if name == "train-gpt2" and nanogpt_dir:
         variants[NANOGPT_VARIANT] = ("float32", False)
     rows, ref = [], None
     for variant, (dtype, compile_) in variants.items():
@@ -237,7 +237,7 @@ def run_train(name: str, quick: bool, ceilings: Ceilings) -> list[dict]:
             rows.append({**row, "notes": skip_reason(dtype)})
             continue
         if variant == NANOGPT_VARIANT:
-            r = isolated(nanogpt_step_bench, path=os.environ["NANOGPT"], batch=batch, T=T, steps=steps, warmup=warmup)
+            r = isolated(nanogpt_step_bench, path=str(Path(nanogpt_dir).resolve()), batch=batch, T=T, steps=steps, warmup=warmup)
         else:
             r = isolated(train_step_bench, preset=preset, overrides=overrides, batch=batch, T=T, dtype_name=dtype,
                          compile_=compile_, steps=steps, warmup=warmup)
@@ -385,7 +385,7 @@ def speedrun_dataset(data_dir: str, tmp: Path) -> Path:
     return out
 
 
-def _timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def _run_timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     return time.perf_counter() - t0, proc
@@ -406,7 +406,7 @@ def run_nanogpt(nanogpt: Path, input_txt, quick: bool) -> dict:
         if proc.returncode:
             return {**row, "notes": _failed("nanoGPT's data/shakespeare_char/prepare.py", proc)}
     with tempfile.TemporaryDirectory(prefix="bench-nanogpt-") as out:
-        wall, proc = _timed([sys.executable, "train.py", *NANOGPT_BABY, f"--out_dir={out}"]
+        wall, proc = _run_timed([sys.executable, "train.py", *NANOGPT_BABY, f"--out_dir={out}"]
                             + (["--max_iters=50", "--lr_decay_iters=50"] if quick else []), cwd=nanogpt)
         if proc.returncode:
             return {**row, "notes": _failed("nanoGPT's train.py", proc)}
@@ -438,7 +438,7 @@ def run_speedrun(quick: bool, data_dir: str, nanogpt_dir: str = "", runs: int = 
             for i in range(n_runs):
                 out = Path(tmp) / f"out-{len(rows)}"
                 row = {"workload": "speedrun-cpu", "variant": variant + (f", seed {1337 + i}" if n_runs > 1 else "")}
-                wall, proc = _timed([sys.executable, str(ROOT / "train.py"), str(ROOT / config), f"--out_dir={out}",
+                wall, proc = _run_timed([sys.executable, str(ROOT / "train.py"), str(ROOT / config), f"--out_dir={out}",
                                      f"--dataset={dataset}", "--plot=false", f"--seed={1337 + i}"]
                                     + (["--max_iters=50", "--lr_decay_iters=50", "--cooldown_iters=20"] if quick else []))
                 if proc.returncode:
@@ -575,7 +575,7 @@ def format_rows(rows: list[dict], machine_name: str) -> str:
 
 WORKLOADS = {  # name -> (run(settings, ceilings), needs the matmul peaks, needs the bandwidth)
     "train-baby": (lambda s, c: run_train("train-baby", s.quick, c), True, False),
-    "train-gpt2": (lambda s, c: run_train("train-gpt2", s.quick, c), True, False),
+    "train-gpt2": (lambda s, c: run_train("train-gpt2", s.quick, c, s.nanogpt_dir), True, False),
     "generate-gpt2": (lambda s, c: run_generate(s.quick, c), False, True),
     "speedrun-cpu": (lambda s, c: run_speedrun(s.quick, s.data_dir, s.nanogpt_dir), False, False),
     "prepare": (lambda s, c: run_prepare(s.quick), False, False),
@@ -589,8 +589,8 @@ class BenchConfig:
     quick: bool = opt(False, "fewer steps: a smoke run, not a measurement")
     data_dir: str = opt("", "folder holding tinyshakespeare/input.txt, for speedrun-cpu when data/tinyshakespeare "
                             "is not prepared; default $MINIGPT_SHARED")
-    nanogpt_dir: str = opt("", "a karpathy/nanoGPT checkout: speedrun-cpu also runs nanoGPT's own baby command there "
-                               "and evaluates it the same way (a peer run side by side; nothing of it is imported here)")
+    nanogpt_dir: str = opt("", "a karpathy/nanoGPT checkout, run side by side as a peer: train-gpt2 adds its fp32 "
+                               "step, speedrun-cpu its own baby command, evaluated the same way")
 
 
 def main(argv: list[str]) -> int:
