@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, hf, runtime
+from . import distributed, hf, quant, runtime
 from .errors import UserError
 from .fileio import atomic_open
 from .model import GPT, GPTConfig
@@ -230,12 +230,16 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", *, config
     return Loaded(model, tokenizers.from_spec(state["tokenizer"]), state, _describe(source, state))
 
 
-def load_for_inference(source: str | Path, rc) -> tuple[Loaded, runtime.Runtime]:
+def load_for_inference(source: str | Path, rc, quantize: str = "none") -> tuple[Loaded, runtime.Runtime]:
     """`load_model(source)` placed as the RuntimeConfig `rc` says: device, and weights held in the runtime
-    dtype (picked by the model's width), the one precision policy of sample, evaluate and the attention maps."""
+    dtype (picked by the model's width), the one precision policy of sample, evaluate and the attention maps;
+    then, with quantize='int8', its Linear weights swapped for int8 ones (`minigpt.quant`)."""
+    if quantize not in quant.MODES:  # before the slow load
+        raise UserError(f"--quantize must be one of {', '.join(quant.MODES)}, got '{quantize}'")
     loaded = load_model(source)
     rt = runtime.setup(rc, loaded.model.config.n_embd)
     loaded.model.to(device=rt.device, dtype=rt.dtype)
+    quant.quantize(loaded.model, quantize)
     return loaded, rt
 
 

@@ -9,7 +9,7 @@ import torch
 from . import checkpoint
 from .config import RuntimeConfig, SampleConfig
 from .errors import UserError
-from .generate import Sampling, decode_steps
+from .generate import Sampling, compile_step, decode_steps
 
 
 def read_prompt(start: str) -> str:
@@ -90,7 +90,7 @@ def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
     """Draw `num_samples` continuations of the prompt as one batch; prints them and returns them.
     With `cfg.stream`, the first sample is printed as it is generated."""
     sampling = check_settings(cfg)
-    loaded, rt = checkpoint.load_for_inference(source_of(cfg), rc)
+    loaded, rt = checkpoint.load_for_inference(source_of(cfg), rc, cfg.quantize)
     model, tok, device = loaded.model, loaded.tokenizer, rt.device
     prompt = read_prompt(cfg.start)
     ids = tok.encode(prompt)
@@ -110,7 +110,7 @@ def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
     torch.manual_seed(rc.seed)
     gen = torch.Generator(device=device).manual_seed(rc.seed)
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
-    step = torch.compile(model, dynamic=True) if rt.compile else None
+    step = compile_step(model) if rt.compile else None
     texts = [TextDecoder(tok, [unescape(s) for s in cfg.stop]) for _ in range(cfg.num_samples)]
     if cfg.stream:
         print(prompt, end="", flush=True)

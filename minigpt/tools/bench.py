@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, runtime
+from .. import checkpoint, quant, runtime
 from ..config import PRESETS, opt, parse_cli
 from ..corpus import shakespeare
 from ..data import TokenDataset, resolve_dataset
 from ..errors import UserError, run_cli
-from ..generate import GREEDY, generate
+from ..generate import GREEDY, compile_step, decode_steps
 from ..model import GPT, GPTConfig, lm_loss
 from ..optim import clip_and_step, make_optimizer
 from . import flops
@@ -258,26 +258,39 @@ def run_train(name: str, quick: bool, ceilings: Ceilings, nanogpt_dir: str = "")
 # generate-gpt2: decoding, against transformers and against the bandwidth limit
 
 # GPT-2 124M (random weights, built here), batch 1, a 16-token prompt, greedy
-GENERATE_VARIANTS = {  # variant -> (engine, dtype); the first is the reference
-    "transformers generate fp32": ("transformers", "float32"),
-    "minigpt fp32 (KV cache)": ("minigpt", "float32"),
-    "minigpt bf16 (KV cache)": ("minigpt", "bfloat16"),
+GENERATE_VARIANTS = {  # variant -> (engine, dtype, quantize, compile the decode step); the first is the reference
+    "transformers generate fp32": ("transformers", "float32", "none", False),
+    "minigpt fp32 (KV cache)": ("minigpt", "float32", "none", False),
+    "minigpt bf16 (KV cache)": ("minigpt", "bfloat16", "none", False),
+    "minigpt fp32 compiled": ("minigpt", "float32", "none", True),
+    "minigpt bf16 compiled": ("minigpt", "bfloat16", "none", True),
+    "minigpt int8 weight-only compiled": ("minigpt", "float32", "int8", True),
 }
 
 
-def decode_weight_bytes(config: GPTConfig, dtype_name: str, tied: bool = True) -> int:
+def decode_weight_bytes(config: GPTConfig, dtype_name: str, tied: bool = True, quantize: str = "none") -> int:
     """Bytes of weights one decoded token reads: every matmul parameter once (the position embedding is a
-    one-row lookup); the KV cache's reads are left out (small next to GPT-2's weights at these lengths)."""
+    one-row lookup); the KV cache's reads are left out (small next to GPT-2's weights at these lengths).
+    int8: one byte per matmul weight, plus the fp32 scale of each output row and the biases and
+    LayerNorms in `dtype_name`."""
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in GPT(config).parameters())
-    return flops.matmul_params(n_params, config, tied) * runtime.DTYPES[dtype_name].itemsize
+        model = GPT(config)
+    n = flops.matmul_params(sum(p.numel() for p in model.parameters()), config, tied)
+    if quantize == "none":
+        return n * runtime.DTYPES[dtype_name].itemsize
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = sum(m.weight.numel() for m in linears)
+    rows = sum(m.out_features for m in linears)
+    return weights + 4 * rows + (n - weights) * runtime.DTYPES[dtype_name].itemsize
 
 
-def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: int, reps: int) -> dict:
+def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: int, reps: int,
+                   quantize: str = "none", compile_: bool = False) -> dict:
     """Best-of-`reps` tokens/s of greedy generation with GPT-2 124M's shape; the same weights in every process."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**PRESETS["gpt2"])).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    compile_s = 0.0
     if engine == "transformers":
         from transformers import GPT2Config, GPT2LMHeadModel  # optional, and seconds to import
 
@@ -292,41 +305,47 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
         def run(n: int) -> torch.Tensor:
             return ref.generate(prompt, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0)
     else:
-        model.to(runtime.DTYPES[dtype_name])
+        quant.quantize(model.to(runtime.DTYPES[dtype_name]), quantize)
+        step = compile_step(model) if compile_ else None
 
         def run(n: int) -> torch.Tensor:
-            return generate(model, prompt, max_new_tokens=n, sampling=GREEDY)
+            return torch.cat([prompt] + list(decode_steps(model, prompt, max_new_tokens=n, sampling=GREEDY, step=step)), 1)
     with torch.inference_mode():
-        run(8)  # warm-up
+        t0 = time.perf_counter()
+        run(8)  # warm-up (and compilation)
+        compile_s = time.perf_counter() - t0 if compile_ else 0.0
         best, out = 0.0, None
         for _ in range(reps):
             t0 = time.perf_counter()
             out = run(new_tokens)
             best = max(best, new_tokens / (time.perf_counter() - t0))
     assert out.shape[1] == prompt_len + new_tokens
-    return {"tokens_per_s": best, "ms_per_step": 1000 / best, "tokens": out[0, prompt_len:].tolist()}
+    return {"tokens_per_s": best, "ms_per_step": 1000 / best, "tokens": out[0, prompt_len:].tolist(),
+            "compile_s": compile_s}
 
 
 def run_generate(quick: bool, ceilings: Ceilings) -> list[dict]:
     new_tokens, reps = (64, 1) if quick else (256, 3)
     rows, ref = [], None
-    for variant, (engine, dtype) in GENERATE_VARIANTS.items():
+    for variant, (engine, dtype, quantize, compile_) in GENERATE_VARIANTS.items():
         row = {"workload": "generate-gpt2", "variant": variant}
         if skip_reason(dtype):
             rows.append({**row, "notes": skip_reason(dtype)})
             continue
-        r = isolated(generate_bench, engine=engine, dtype_name=dtype, prompt_len=16, new_tokens=new_tokens, reps=reps)
+        r = isolated(generate_bench, engine=engine, dtype_name=dtype, prompt_len=16, new_tokens=new_tokens, reps=reps,
+                     quantize=quantize, compile_=compile_)
         if "error" in r:
             rows.append({**row, "notes": r["error"]})
             continue
         ref = ref or r
         same = sum(a == b for a, b in zip(r["tokens"], ref["tokens"]))
-        weight_bytes = decode_weight_bytes(GPTConfig(**PRESETS["gpt2"]), dtype)
+        weight_bytes = decode_weight_bytes(GPTConfig(**PRESETS["gpt2"]), dtype, quantize=quantize)
         rows.append({**row, "tokens_per_s": r["tokens_per_s"], "ms_per_step": r["ms_per_step"],
                      "ratio": r["tokens_per_s"] / ref["tokens_per_s"], "peak_rss_mb": r["peak_rss_mb"],
                      "bandwidth": bandwidth_share(r["tokens_per_s"], weight_bytes, ceilings.bandwidth),
                      "notes": f"{new_tokens} new tokens, {weight_bytes / 1e6:,.0f} MB of weights read per token; "
-                              f"greedy tokens equal to the reference's: {same}/{new_tokens}"})
+                              f"greedy tokens equal to the reference's: {same}/{new_tokens}"
+                              + (f"; compile {r['compile_s']:.0f}s" if compile_ else "")})
     return rows
 
 

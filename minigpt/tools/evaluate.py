@@ -60,6 +60,7 @@ class EvalConfig:
     split: str = opt("val", "'train' or 'val'")
     dataset: str = opt("", "dataset to evaluate on; default: the one the checkpoint was trained on")
     batch_size: int = opt(32, "windows per forward pass")
+    quantize: str = opt("none", "'int8': evaluate with weight-only int8 Linears (what quantizing costs), or 'none'")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Result:
 def evaluate(cfg: EvalConfig, rc: RuntimeConfig) -> Result:
     if cfg.split not in ("train", "val"):
         raise UserError(f"--split must be 'train' or 'val', got '{cfg.split}'")
-    loaded, rt = checkpoint.load_for_inference(cfg.out_dir, rc)
+    loaded, rt = checkpoint.load_for_inference(cfg.out_dir, rc, cfg.quantize)
     trained_on = (loaded.state or {}).get("dataset", "")
     if not (cfg.dataset or trained_on):
         raise UserError(f"{loaded.description} does not name the dataset it was trained on; pass --dataset")

@@ -1,0 +1,58 @@
+"""Int8 weight-only quantization for inference: every Linear's weight (the tied LM head included) held
+as int8 with one fp32 scale per output row, so a decoded token reads a quarter of fp32's bytes.
+
+    quantize(model, "int8")   # after loading, before generating or evaluating; in place, never saved
+
+Per-row symmetric: scale = max|w_row| / 127, q = round(w / scale) in [-127, 127]. Each weight moves
+by at most scale / 2, so an output y = sum_i w_i x_i moves by at most scale / 2 * sum_i |x_i|.
+Activations, LayerNorms and the embeddings stay in the model's dtype. The speed comes with the
+compiled decode step (`generate.compile_step`), where inductor fuses int8 -> float into the
+matrix-vector product; eager, each call dequantizes the whole weight (smaller, not faster).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODES = ("none", "int8")
+
+
+class Int8Linear(nn.Module):
+    """A Linear with an int8 weight (out, in) and an fp32 scale per output row; inference only."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,); an all-zero row keeps a usable scale
+        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and x.numel() == x.size(-1) and x.device.type == "cpu":
+            # one row (a decode step): multiply-and-sum, which inductor fuses into one pass over the
+            # int8 weight (see model.gemv)
+            y = (self.weight.to(x.dtype) * x.reshape(-1)).sum(-1).view(*x.shape[:-1], -1)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype))
+        y = (y * self.scale).to(x.dtype)  # the scale in fp32: a bf16 scale would bias each row by up to 0.4%
+        return y if self.bias is None else y + self.bias
+
+
+def quantize(model: nn.Module, mode: str) -> nn.Module:
+    """`model` with every nn.Linear swapped for an Int8Linear (mode 'int8'), or unchanged ('none').
+
+    In place, for inference: the embedding keeps its float weight (a lookup reads one row), while the
+    tied head gets its own int8 copy. Never save a quantized model; reload the checkpoint instead.
+    """
+    if mode not in MODES:
+        raise ValueError(f"quantize must be one of {', '.join(MODES)}, got '{mode}'")
+    if mode == "none":
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child))
+    return model
