@@ -426,7 +426,7 @@ def run_nanogpt(nanogpt: Path, input_txt, quick: bool) -> dict:
             return {**row, "notes": _failed("nanoGPT's data/shakespeare_char/prepare.py", proc)}
     with tempfile.TemporaryDirectory(prefix="bench-nanogpt-") as out:
         wall, proc = _run_timed([sys.executable, "train.py", *NANOGPT_BABY, f"--out_dir={out}"]
-                            + (["--max_iters=50", "--lr_decay_iters=50"] if quick else []), cwd=nanogpt)
+                            + (["--max_iters=50", "--lr_decay_iters=50", "--eval_interval=50"] if quick else []), cwd=nanogpt)
         if proc.returncode:
             return {**row, "notes": _failed("nanoGPT's train.py", proc)}
         ev = subprocess.run([sys.executable, "-c", NANOGPT_FULL_VAL, str(Path(out) / "ckpt.pt")], capture_output=True,
