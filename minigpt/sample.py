@@ -111,6 +111,9 @@ def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
     gen = torch.Generator(device=device).manual_seed(rc.seed)
     idx = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
     step = compile_step(model) if rt.compile else None
+    if cfg.quantize == "int8" and device.type == "cpu" and step is None:
+        print("note: --quantize=int8 decodes fast only compiled (--compile=true, ~20 s to compile); "
+              "eager, the int8 weights are a quarter of the memory but not faster")
     texts = [TextDecoder(tok, [unescape(s) for s in cfg.stop]) for _ in range(cfg.num_samples)]
     if cfg.stream:
         print(prompt, end="", flush=True)
