@@ -1,5 +1,6 @@
 """Training that survives real runs: exact resume (also after SIGKILL), clean stops, NaN guard, bad input."""
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -323,3 +324,13 @@ def test_muon_resume_is_bit_identical_and_its_settings_are_checked(char_dataset,
                        (dict(lr_schedule="wsd", cooldown_iters=100), "cooldown_iters")]:
         with pytest.raises(UserError, match=match):
             train(cfg(char_dataset, tmp_path / "bad", max_iters=1, **bad))
+
+
+def test_muon_with_fsdp_is_refused_in_one_line(char_dataset, tmp_path):
+    from minigpt.distributed import World
+    from minigpt.trainer import check_settings
+
+    t = cfg(char_dataset, tmp_path / "o", optimizer="muon", fsdp=True, gradient_accumulation_steps=2).train
+    with pytest.raises(UserError, match="--optimizer=muon orthogonalises whole matrices, which FSDP shards"):
+        check_settings(t, World(rank=0, world_size=2))
+    assert check_settings(dataclasses.replace(t, optimizer="adamw"), World(rank=0, world_size=2)) == 1
