@@ -235,7 +235,9 @@ def build_config(
     owner: dict[str, tuple[str, dataclasses.Field]] = {}
     for sec, cls in sections.items():
         for name, f in _fields(cls).items():
-            owner.setdefault(name, (sec, f))
+            if name in owner:  # a programming error: the command line could only ever set one of them
+                raise ValueError(f"setting '{name}' is in both the {owner[name][0]} and {sec} sections")
+            owner[name] = (sec, f)
     known = sorted(owner) + (["preset"] if "model" in sections else [])
     values: dict[str, tuple[Any, str]] = {}  # key -> (raw value, where it came from)
 

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
+from .errors import UserError
+
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -37,3 +39,18 @@ def atomic_write_json(path: str | Path, obj) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+def save_png(fig, path: str | Path, what: str = "the figure") -> Path:
+    """Write a matplotlib figure as a PNG atomically and close it; an unwritable path is one line."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+    except OSError as e:
+        raise UserError(f"cannot write {what} to {path} ({e.strerror}); choose another path") from None
+    finally:
+        plt.close(fig)
+    return path

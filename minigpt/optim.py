@@ -44,10 +44,9 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
         return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
     muon = hidden_matrices(model)
     in_muon = {id(p) for p in muon}
-    rest = [p for p in {id(p): p for p in model.parameters() if p.requires_grad}.values() if id(p) not in in_muon]
-    groups = [{"params": muon, "muon": True, "lr": muon_lr, "weight_decay": muon_weight_decay},
-              {"params": [p for p in rest if p.dim() >= 2], "lr": lr, "weight_decay": weight_decay},
-              {"params": [p for p in rest if p.dim() < 2], "lr": lr, "weight_decay": 0.0}]
+    groups = [{"params": muon, "muon": True, "lr": muon_lr, "weight_decay": muon_weight_decay}]
+    for g in param_groups(model, weight_decay):  # AdamW keeps the rest, decayed as without Muon
+        groups.append({**g, "params": [p for p in g["params"] if id(p) not in in_muon], "lr": lr})
     return MuonAdamW(groups, betas=betas, momentum=muon_momentum, ns_dtype=newton_schulz_dtype(device), fused=fused)
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .model import gemv
+
 MODES = ("none", "int8")
 
 
@@ -31,12 +33,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.numel() == x.size(-1) and x.device.type == "cpu":
-            # one row (a decode step): multiply-and-sum, which inductor fuses into one pass over the
-            # int8 weight (see model.gemv)
-            y = (self.weight.to(x.dtype) * x.reshape(-1)).sum(-1).view(*x.shape[:-1], -1)
-        else:
-            y = F.linear(x, self.weight.to(x.dtype))
+        w = self.weight.to(x.dtype)  # compiled, inductor fuses this into the product's one pass over the weight
+        y = gemv(w, x) if x.numel() == x.size(-1) and x.device.type == "cpu" else F.linear(x, w)  # one row: decode
         y = (y * self.scale).to(x.dtype)  # the scale in fp32: a bf16 scale would bias each row by up to 0.4%
         return y if self.bias is None else y + self.bias
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import UserError
-from .fileio import atomic_open
+from .fileio import atomic_open, save_png
 
 
 class Tracker:
@@ -86,7 +86,4 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_open(png_path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    return Path(png_path)
+    return save_png(fig, png_path, "the loss plot")

@@ -58,16 +58,21 @@ def test_wrapper_equals_fused_once_weights_are_copied(causal):
     assert torch.allclose(wrapper(x), fused(x), atol=1e-6)
 
 
-def test_fused_equals_the_models_sdpa_attention_forward_and_backward():
+def _model_and_lesson_attention(causal: bool):
+    """The model's attention and the lesson's fused multi-head attention holding the same weights."""
     torch.manual_seed(0)
-    config = GPTConfig(n_embd=16, n_head=4, block_size=10, bias=True, dropout=0.0)
-    model_attn = CausalSelfAttention(config)
-    lesson = MultiHeadAttention(16, 16, context_length=10, num_heads=4, qkv_bias=True)
+    model_attn = CausalSelfAttention(GPTConfig(n_embd=16, n_head=4, block_size=10, bias=True, dropout=0.0))
+    lesson = MultiHeadAttention(16, 16, context_length=10, num_heads=4, qkv_bias=True, causal=causal)
     with torch.no_grad():
         lesson.W_qkv.weight.copy_(model_attn.c_attn.weight)
         lesson.W_qkv.bias.copy_(model_attn.c_attn.bias)
         lesson.out_proj.weight.copy_(model_attn.c_proj.weight)
         lesson.out_proj.bias.copy_(model_attn.c_proj.bias)
+    return model_attn, lesson
+
+
+def test_fused_equals_the_models_sdpa_attention_forward_and_backward():
+    model_attn, lesson = _model_and_lesson_attention(causal=True)
     x = torch.randn(2, 10, 16)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = model_attn(xa), lesson(xb)
@@ -128,15 +133,7 @@ def test_cross_attention_reads_a_source_of_another_length_and_width():
 
 
 def test_bidirectional_fused_equals_the_models_attention_without_the_mask():
-    torch.manual_seed(0)
-    config = GPTConfig(n_embd=16, n_head=4, block_size=10, bias=True, dropout=0.0)
-    model_attn = CausalSelfAttention(config)
-    lesson = MultiHeadAttention(16, 16, context_length=10, num_heads=4, qkv_bias=True, causal=False)
-    with torch.no_grad():
-        lesson.W_qkv.weight.copy_(model_attn.c_attn.weight)
-        lesson.W_qkv.bias.copy_(model_attn.c_attn.bias)
-        lesson.out_proj.weight.copy_(model_attn.c_proj.weight)
-        lesson.out_proj.bias.copy_(model_attn.c_proj.bias)
+    model_attn, lesson = _model_and_lesson_attention(causal=False)
     x = torch.randn(2, 10, 16)
 
     def model_sdpa(x, is_causal):

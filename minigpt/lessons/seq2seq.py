@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ..config import opt, parse_cli
 from ..errors import UserError, run_cli
-from ..fileio import atomic_open
+from ..fileio import save_png
 
 # ---------------------------------------------------------------------------------------------------
 # 1. The toy language: English words in, French-like words out, in French order.
@@ -432,18 +432,6 @@ def print_statquest() -> None:
 # ---------------------------------------------------------------------------------------------------
 # 8. Figures.
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-    except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror}); choose another --out") from None
-    finally:
-        plt.close(fig)
-
-
 def plot_accuracy(results: dict[str, dict[int, tuple[float, float]]], path: Path) -> Path:
     """Token accuracy and exact match against source length, one line per mode."""
     import matplotlib
@@ -463,7 +451,7 @@ def plot_accuracy(results: dict[str, dict[int, tuple[float, float]]], path: Path
     axes[0].legend(title="attention")
     fig.suptitle("held-out translations, greedy decoding")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 
@@ -484,7 +472,7 @@ def plot_alignment(weights: torch.Tensor, source: list[str], target: list[str], 
     ax.set_ylabel("translation, one decoder step per row")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
     return path
 
 

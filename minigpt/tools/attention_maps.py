@@ -23,7 +23,7 @@ import torch
 from .. import checkpoint
 from ..config import RuntimeConfig, opt, parse_cli
 from ..errors import UserError, run_cli
-from ..fileio import atomic_open
+from ..fileio import save_png
 from ..model import GPT
 
 
@@ -163,15 +163,7 @@ def plot(att: torch.Tensor, labels: list[str], layers: list[int], heads: list[in
     height = fig.get_figheight()
     fig.suptitle(title, fontsize=11, y=1 - 0.3 / height)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / height))  # the top 0.6 inch is the title's
-    path = Path(path)
-    try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-    except OSError as e:
-        raise UserError(f"cannot write the heatmaps to {path} ({e.strerror}); choose another --out") from None
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path, "the heatmaps")
 
 
 def _select(value: int | None, n: int, what: str) -> list[int]:
