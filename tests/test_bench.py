@@ -65,7 +65,7 @@ def test_train_rows_use_their_dtype_peak_and_never_exceed_100_percent(monkeypatc
 def test_probe_skips_the_bf16_peak_without_native_bf16(monkeypatch):
     monkeypatch.setattr(flops, "cpu_bf16_native", lambda: False)
     probed = []
-    monkeypatch.setattr(flops, "matmul_peak", lambda dtype, seconds: probed.append(dtype) or 5e10)
+    monkeypatch.setattr(flops, "matmul_peak", lambda dtype: probed.append(dtype) or 5e10)
     said = []
     c = bench.Ceilings.probe(matmul=True, bandwidth=False, say=said.append)
     assert probed == [torch.float32] and c.peaks == {"float32": 5e10, "bfloat16": None} and c.bandwidth is None

@@ -86,8 +86,8 @@ class Ceilings:
     def probe(cls, matmul: bool, bandwidth: bool, say=print) -> "Ceilings":
         c = cls({"float32": None, "bfloat16": None})
         if matmul:
-            c.peaks["float32"] = flops.matmul_peak(torch.float32, seconds=0.5)
-            c.peaks["bfloat16"] = flops.matmul_peak(torch.bfloat16, seconds=0.5) if flops.cpu_bf16_native() else None
+            c.peaks["float32"] = flops.matmul_peak(torch.float32)
+            c.peaks["bfloat16"] = flops.matmul_peak(torch.bfloat16) if flops.cpu_bf16_native() else None
             bf16 = (f"{c.peaks['bfloat16'] / 1e9:,.0f} GFLOP/s" if c.peaks["bfloat16"]
                     else "not probed (no native bf16 on this CPU)")
             say(f"matmul peak, probed now: fp32 {c.peaks['float32'] / 1e9:,.0f} GFLOP/s, bf16 {bf16}")

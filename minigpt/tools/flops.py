@@ -23,7 +23,7 @@ all embeddings instead, which undercounts small models whose LM head is a large 
 MFU = (FLOPs per token x tokens per second) / peak FLOP/s, never shown above 100%. Peaks: a table of
 dense bf16 tensor-core figures for common GPUs (as nanoGPT uses the A100's 312 TFLOP/s whatever the
 precision), and on a CPU the best rate of a large matmul in the training dtype, probed in the same run
-(a few tenths of a second; never cached, so a peak measured under another load cannot outlive it). bf16 is
+(about half a second; never cached, so a peak measured under another load cannot outlive it). bf16 is
 not probed on a CPU without native bf16: emulated, it runs at ~1 GFLOP/s and the probe would take minutes.
 """
 
@@ -140,7 +140,7 @@ def cpu_bf16_native() -> bool:
     return runtime._cpu_has_bf16()
 
 
-PROBE_SECONDS = 0.15  # a training run's probe: brief, since it delays the first step (the bench takes 0.5 s)
+PROBE_SECONDS = 0.5  # shorter probes in a fresh process under-measured (0.15 s: 101 of ~185 GFLOP/s)
 
 
 def probe_size(seconds_at, budget: float = PROBE_SECONDS, largest: int = 2048) -> int:
