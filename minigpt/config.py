@@ -93,6 +93,7 @@ class TrainConfig:
     eval_only: bool = opt(False, "estimate the losses of out_dir's checkpoint (or of init_from's GPT-2 weights) "
                                  "once and exit; writes nothing")
     log_interval: int = opt(50, "print a log line every this many steps")
+    mfu: bool = opt(True, "probe the CPU's matmul peak at the start (~0.7 s) and log MFU against it")
     always_save_checkpoint: bool = opt(True, "save at every eval, not only when val loss improves")
     fsdp: bool = opt(False, "under torchrun, shard the model with FSDP2 instead of DDP")
     on_nan: str = opt("stop", "on a NaN/inf loss: 'stop' (keep the last good checkpoint) or 'skip' the step")

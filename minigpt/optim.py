@@ -122,6 +122,11 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     return (x.mT if tall else x).to(g.dtype)
 
 
+def _undecorated(method):
+    """`method` without torch's wrapper (functools.wraps keeps the original as __wrapped__)."""
+    return getattr(method, "__wrapped__", method)
+
+
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for groups with "muon": True, AdamW for the others: one optimizer, one state dict, one step.
 
@@ -136,6 +141,14 @@ class MuonAdamW(torch.optim.Optimizer):
                  fused: bool | None = None):
         super().__init__(groups, dict(betas=betas, eps=eps, momentum=momentum, muon=False, weight_decay=0.0))
         self.ns_steps, self.ns_dtype, self.fused = ns_steps, ns_dtype, fused
+
+    # torch.optim.Optimizer wraps these four in torch._disable_dynamo, whose first call imports torch._dynamo:
+    # ~1 s of start-up (a fifteenth of the CPU speedrun) in a run that compiles nothing. This optimizer's step
+    # is never traced (it is eager: one Newton-Schulz batch per shape), so it calls the plain functions.
+    add_param_group = _undecorated(torch.optim.Optimizer.add_param_group)
+    zero_grad = _undecorated(torch.optim.Optimizer.zero_grad)
+    state_dict = _undecorated(torch.optim.Optimizer.state_dict)
+    load_state_dict = _undecorated(torch.optim.Optimizer.load_state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):

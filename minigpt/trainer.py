@@ -302,9 +302,10 @@ class Progress:
         if self.tracker is not None:
             st.wandb_id = self.tracker.wandb_id
         self.tokens_per_iter = t.batch_size * run.micro_steps * world.world_size * run.model.config.block_size
-        peak, note = flops.device_peak(run.rt.device, run.rt.dtype) if self.main else (None, "")
+        peak, note = flops.device_peak(run.rt.device, run.rt.dtype) if self.main and t.mfu else (None, "")
         self.peak = peak * world.world_size if peak else None  # tokens/s counts every rank's tokens
-        run.say(f"MFU against: {note}")
+        if t.mfu:
+            run.say(f"MFU against: {note}")
         if run.micro_steps * world.world_size > t.gradient_accumulation_steps:
             run.say(f"note: gradient_accumulation_steps={t.gradient_accumulation_steps} is below the "
                     f"{world.world_size} processes, so each runs one micro-batch: a step sees "

@@ -123,3 +123,19 @@ def test_train_logs_mfu_against_the_peak(char_dataset, tmp_path, monkeypatch, ca
         assert r["mfu"] == pytest.approx(fpt * r["tokens_per_s"] / 1e15)
     printed = capsys.readouterr()
     assert "mfu=" in printed.err and "MFU against" in printed.out and "MFU" in printed.out.splitlines()[-1]
+
+
+def test_train_without_mfu_probes_nothing(char_dataset, tmp_path, monkeypatch, capsys):
+    from minigpt.trainer import train
+
+    def no_probe(dtype):
+        raise AssertionError("mfu=false must not probe the peak")
+
+    monkeypatch.setattr(flops, "cpu_peak", no_probe)
+    out = tmp_path / "out"
+    overrides = dict(preset="tiny", batch_size=2, max_iters=4, eval_interval=100, eval_iters=1, log_interval=2,
+                     device="cpu", plot=False, dataset=str(char_dataset), out_dir=str(out), mfu=False)
+    train(build_config(train_sections(), overrides={k: str(v) for k, v in overrides.items()}))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("tokens_per_s" in r for r in records) and not any("mfu" in r for r in records)
+    assert "MFU" not in capsys.readouterr().out

@@ -118,3 +118,26 @@ def test_clip_and_step_equals_clip_grad_norm_then_step(fused, max_norm):
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert not torch.equal(models[0].transformer.wte.weight, start)  # the steps did move the weights
+
+
+def test_muon_adamw_does_not_import_dynamo(tmp_path):
+    # torch.optim.Optimizer's own methods import torch._dynamo on first use (~1 s of a speedrun's start-up)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import sys, torch
+from minigpt.model import GPT, GPTConfig, lm_loss
+from minigpt.optim import make_optimizer
+model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16))
+opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu"), muon_lr=0.02)
+x = torch.randint(0, 16, (2, 8))
+lm_loss(model(x), x).backward()
+opt.step(); opt.zero_grad(); opt.load_state_dict(opt.state_dict())
+assert opt.state_dict()["state"], "the step kept no state"
+print("torch._dynamo" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "False"
