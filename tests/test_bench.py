@@ -13,11 +13,11 @@ from minigpt.errors import UserError
 from minigpt.model import GPTConfig
 
 
-def fake_isolated(calls, tokens_per_s=1000.0, flops_per_token=1e6):
+def fake_isolated(calls, tokens_per_s=1000.0, flops_per_token=1e6, bandwidth=0.0):
     def run(fn, **kwargs):
         calls.append(kwargs)
         return {"tokens_per_s": tokens_per_s, "ms_per_step": 10.0, "flops_per_token": flops_per_token,
-                "compile_s": 0.0, "peak_rss_mb": 100.0, "tokens": [1, 2, 3]}
+                "compile_s": 0.0, "peak_rss_mb": 100.0, "tokens": [1, 2, 3], "bandwidth": bandwidth}
     return run
 
 
@@ -84,6 +84,17 @@ def test_decode_against_the_bandwidth_limit():
     # 20 tokens/s x 0.5 GB per token = 10 GB/s of a 20 GB/s memory: half the limit
     assert bench.bandwidth_share(20, 500_000_000, 20e9) == pytest.approx(0.5)
     assert bench.bandwidth_share(20, 500_000_000, None) is None
+
+
+@pytest.mark.parametrize("beside", [40e9, 10e9])
+def test_decode_rows_against_the_best_bandwidth_of_the_run_and_beside_them(monkeypatch, beside):
+    monkeypatch.setattr(flops, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(bench, "isolated", fake_isolated([], tokens_per_s=20.0, bandwidth=beside))
+    rows = bench.run_generate(True, bench.Ceilings({"float32": 1e12, "bfloat16": None}, bandwidth=20e9))
+    row = next(r for r in rows if r["variant"] == "minigpt fp32 (KV cache)")
+    weight_bytes = bench.decode_weight_bytes(GPTConfig(**PRESETS["gpt2"]), "float32")
+    assert row["bandwidth"] == pytest.approx(20 * weight_bytes / max(beside, 20e9))
+    assert f"limit at {max(beside, 20e9) / 1e9:.1f} GB/s" in row["notes"]
 
 
 def test_prepare_prints_the_machine_first_and_probes_nothing(monkeypatch, capsys):
