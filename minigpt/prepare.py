@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
@@ -279,14 +280,21 @@ def _encode_in_order(batches, spec: dict, dtype_name: str, num_proc: int, consum
         for end, texts, splits, ends in batches:
             consume(end, _encode(texts, splits, ends, dtype_name))
         return
-    with mp.get_context("spawn").Pool(num_proc, _init_worker, (spec, True)) as pool:
+    # Not multiprocessing.Pool: its terminate(), which leaving a `with` block on Ctrl-C calls, hung here for
+    # 15 minutes joining its worker-handler thread. The executor ends by letting the few batches in flight
+    # finish (the workers ignore SIGINT) and cancelling the rest; a worker that dies raises, never hangs.
+    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(spec, True))
+    try:
         pending: deque = deque()  # at most 2 batches per worker in flight: memory stays flat
         for end, texts, splits, ends in batches:
-            pending.append((end, pool.apply_async(_encode, (texts, splits, ends, dtype_name))))
+            pending.append((end, pool.submit(_encode, texts, splits, ends, dtype_name)))
             if len(pending) >= 2 * num_proc:
-                consume(pending[0][0], pending.popleft()[1].get())
+                consume(pending[0][0], pending.popleft()[1].result())
         while pending:
-            consume(pending[0][0], pending.popleft()[1].get())
+            consume(pending[0][0], pending.popleft()[1].result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _meta(tok, dtype: np.dtype, source: corpus.Source, writers: dict, shard_size: int, val_fraction: float) -> dict:
