@@ -9,6 +9,7 @@ cooldown to min_lr); Muon's learning rate follows the same curve, scaled to its 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -41,7 +42,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tupl
     # The fused kernel does the whole update in one pass per tensor; supported on CUDA and CPU in torch >= 2.4
     fused = device.type in ("cuda", "cpu")
     if muon_lr is None:
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+        return AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
     muon = hidden_matrices(model)
     in_muon = {id(p) for p in muon}
     groups = [{"params": muon, "muon": True, "lr": muon_lr, "weight_decay": muon_weight_decay}]
@@ -122,12 +123,29 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     return (x.mT if tall else x).to(g.dtype)
 
 
-def _undecorated(method):
-    """`method` without torch's wrapper (functools.wraps keeps the original as __wrapped__)."""
-    return getattr(method, "__wrapped__", method)
+class _PlainMethods:
+    """torch.optim.Optimizer wraps add_param_group, zero_grad, state_dict, load_state_dict (and Adam's step)
+    in helpers whose first call imports torch._dynamo: 1.0 s of start-up here, a fourteenth of the CPU
+    speedrun, in a run that compiles nothing. These optimizers are never traced (the model is what
+    train.py compiles), so they call the plain functions."""
+
+    add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+    zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+    state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+    load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
 
 
-class MuonAdamW(torch.optim.Optimizer):
+class AdamW(_PlainMethods, torch.optim.AdamW):
+    """torch.optim.AdamW: the same update, state and checkpoints, without importing torch._dynamo."""
+
+    _plain_step = staticmethod(inspect.unwrap(torch.optim.AdamW.step))
+
+    @torch.no_grad()  # what torch's wrapper does for differentiable=False, the default
+    def step(self, closure=None):
+        return self._plain_step(self, closure)
+
+
+class MuonAdamW(_PlainMethods, torch.optim.Optimizer):
     """Muon for groups with "muon": True, AdamW for the others: one optimizer, one state dict, one step.
 
     Muon (Jordan et al. 2024): SGD momentum with Nesterov's look-ahead, the update orthogonalised by
@@ -141,14 +159,6 @@ class MuonAdamW(torch.optim.Optimizer):
                  fused: bool | None = None):
         super().__init__(groups, dict(betas=betas, eps=eps, momentum=momentum, muon=False, weight_decay=0.0))
         self.ns_steps, self.ns_dtype, self.fused = ns_steps, ns_dtype, fused
-
-    # torch.optim.Optimizer wraps these four in torch._disable_dynamo, whose first call imports torch._dynamo:
-    # ~1 s of start-up (a fifteenth of the CPU speedrun) in a run that compiles nothing. This optimizer's step
-    # is never traced (it is eager: one Newton-Schulz batch per shape), so it calls the plain functions.
-    add_param_group = _undecorated(torch.optim.Optimizer.add_param_group)
-    zero_grad = _undecorated(torch.optim.Optimizer.zero_grad)
-    state_dict = _undecorated(torch.optim.Optimizer.state_dict)
-    load_state_dict = _undecorated(torch.optim.Optimizer.load_state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -5,7 +5,7 @@ import torch
 
 from minigpt.config import PRESETS
 from minigpt.model import GPT, GPTConfig, lm_loss
-from minigpt.optim import (MuonAdamW, clip_and_step, hidden_matrices, lr_at, make_optimizer, orthogonalize,
+from minigpt.optim import (AdamW, MuonAdamW, clip_and_step, hidden_matrices, lr_at, make_optimizer, orthogonalize,
                            param_groups)
 from minigpt.tools.flops import cpu_bf16_native
 
@@ -120,24 +120,45 @@ def test_clip_and_step_equals_clip_grad_norm_then_step(fused, max_norm):
     assert not torch.equal(models[0].transformer.wte.weight, start)  # the steps did move the weights
 
 
-def test_muon_adamw_does_not_import_dynamo(tmp_path):
-    # torch.optim.Optimizer's own methods import torch._dynamo on first use (~1 s of a speedrun's start-up)
+@pytest.mark.parametrize("muon_lr", [None, 0.02])
+def test_optimizers_do_not_import_dynamo(muon_lr):
+    # torch.optim's own methods import torch._dynamo on first use (~1 s of every run's start-up)
     import subprocess
     import sys
     from pathlib import Path
 
-    code = """
+    code = f"""
 import sys, torch
 from minigpt.model import GPT, GPTConfig, lm_loss
-from minigpt.optim import make_optimizer
+from minigpt.optim import clip_and_step, make_optimizer
 model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16))
-opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu"), muon_lr=0.02)
+opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu"), muon_lr={muon_lr})
 x = torch.randint(0, 16, (2, 8))
 lm_loss(model(x), x).backward()
-opt.step(); opt.zero_grad(); opt.load_state_dict(opt.state_dict())
+clip_and_step(opt, torch.amp.GradScaler("cpu", enabled=False), model.parameters(), 1.0)
+opt.zero_grad(); opt.load_state_dict(opt.state_dict())
 assert opt.state_dict()["state"], "the step kept no state"
 print("torch._dynamo" in sys.modules)
 """
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_our_adamw_is_torchs_adamw(fused):
+    torch.manual_seed(0)
+    models = [GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    ours = AdamW(param_groups(models[0], 0.1), lr=1e-2, fused=fused)
+    theirs = torch.optim.AdamW(param_groups(models[1], 0.1), lr=1e-2, fused=fused)
+    for _ in range(3):
+        x = torch.randint(0, 16, (2, 8))
+        for m, opt in zip(models, (ours, theirs)):
+            lm_loss(m(x), x).backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    theirs.load_state_dict(ours.state_dict())  # checkpoints move between the two unchanged
+    assert str(theirs.state_dict()) == str(ours.state_dict())
