@@ -173,16 +173,17 @@ def decode_steps(model: GPT, idx: torch.Tensor, *, max_new_tokens: int, sampling
 
 
 def generate(model: GPT, idx: torch.Tensor, *, max_new_tokens: int, sampling: Sampling,
-             generator: torch.Generator | None = None, eot_id: int | None = None, use_cache: bool = True) -> torch.Tensor:
+             generator: torch.Generator | None = None, eot_id: int | None = None, use_cache: bool = True,
+             step=None) -> torch.Tensor:
     """Extend each row of `idx` (B, T) by up to `max_new_tokens` tokens; returns (B, T + n).
 
     With `eot_id`, a row that produced it is padded with it from then on, and generation ends early
-    once every row has.
+    once every row has. `step`: as in `decode_steps` (e.g. `compile_step(model)`).
     """
     out = [idx]
     done = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
     for next_id in decode_steps(model, idx, max_new_tokens=max_new_tokens, sampling=sampling, generator=generator,
-                                use_cache=use_cache):
+                                use_cache=use_cache, step=step):
         if eot_id is not None:
             next_id = next_id.masked_fill(done, eot_id)
             done |= next_id == eot_id

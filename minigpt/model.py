@@ -70,9 +70,14 @@ class Linear(nn.Linear):
     matrix-vector path, where decode spends its time: every weight is read once per token."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.numel() != x.size(-1) or x.device.type != "cpu":
+        if torch.is_grad_enabled() or not one_cpu_row(x):
             return super().forward(x)  # training and every multi-row input: the usual path
         return gemv(self.weight, x, self.bias)
+
+
+def one_cpu_row(x: torch.Tensor) -> bool:
+    """A single input row on the CPU: a decode step's product, which `gemv` computes."""
+    return x.numel() == x.size(-1) and x.device.type == "cpu"
 
 
 def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

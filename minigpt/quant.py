@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import gemv
+from .model import gemv, one_cpu_row
 
 MODES = ("none", "int8")
 
@@ -34,7 +34,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype)  # compiled, inductor fuses this into the product's one pass over the weight
-        y = gemv(w, x) if x.numel() == x.size(-1) and x.device.type == "cpu" else F.linear(x, w)  # one row: decode
+        y = gemv(w, x) if one_cpu_row(x) else F.linear(x, w)
         y = (y * self.scale).to(x.dtype)  # the scale in fp32: a bf16 scale would bias each row by up to 0.4%
         return y if self.bias is None else y + self.bias
 

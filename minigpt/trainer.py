@@ -189,10 +189,10 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
     state = initial_state(t, dataset, out_dir)
     if t.resume and state is None and world.is_main:
         tqdm.write(f"--resume: no checkpoint in {out_dir} yet, starting a fresh run")
-    if state is not None and state.get("config", {}).get("train", {}).get("optimizer", "adamw") != t.optimizer:
-        raise UserError(f"the checkpoint in {out_dir} was trained with "
-                        f"--optimizer={state['config']['train'].get('optimizer', 'adamw')}, whose state cannot carry "
-                        f"over to --optimizer={t.optimizer}; resume with the same optimizer, or start a fresh run")
+    trained_with = (state or {}).get("config", {}).get("train", {}).get("optimizer", "adamw")
+    if state is not None and trained_with != t.optimizer:
+        raise UserError(f"the checkpoint in {out_dir} was trained with --optimizer={trained_with}, whose state cannot "
+                        f"carry over to --optimizer={t.optimizer}; resume with the same optimizer, or start a fresh run")
     if state is not None and state.get("dataset_id") not in (None, dataset_id(dataset)) and world.is_main:
         tqdm.write(f"note: the checkpoint was trained on {state.get('dataset')} and continues on {dataset.path}, "
                    f"a different dataset with the same tokenizer")

@@ -35,7 +35,7 @@ from ..config import PRESETS, opt, parse_cli
 from ..corpus import shakespeare
 from ..data import TokenDataset, resolve_dataset
 from ..errors import UserError, run_cli
-from ..generate import GREEDY, compile_step, decode_steps
+from ..generate import GREEDY, compile_step, generate
 from ..model import GPT, GPTConfig, lm_loss
 from ..optim import clip_and_step, make_optimizer
 from . import flops
@@ -294,7 +294,6 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
     torch.manual_seed(0)
     model = GPT(GPTConfig(**PRESETS["gpt2"])).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(1))
-    compile_s = 0.0
     if engine == "transformers":
         from transformers import GPT2Config, GPT2LMHeadModel  # optional, and seconds to import
 
@@ -313,7 +312,7 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
         step = compile_step(model) if compile_ else None
 
         def run(n: int) -> torch.Tensor:
-            return torch.cat([prompt] + list(decode_steps(model, prompt, max_new_tokens=n, sampling=GREEDY, step=step)), 1)
+            return generate(model, prompt, max_new_tokens=n, sampling=GREEDY, step=step)
     with torch.inference_mode():
         t0 = time.perf_counter()
         run(8)  # warm-up (and compilation)
