@@ -129,12 +129,39 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, *, generator: torch.Ge
 def compile_step(model: GPT):
     """`model` compiled for the one-token decode steps of `decode_steps(step=...)`.
 
-    dynamic=True: the cache position changes every step and must not recompile. On the CPU the weight
-    products are multiply-and-sums (`model.gemv`); a low realize threshold makes inductor compute each
-    LayerNorm / GELU output once into a buffer instead of inlining it into the product, where it would be
-    recomputed for every output row (measured, GPT-2 at batch 1 on 1 thread: 45 -> 25 ms per fp32 token).
+    dynamic=True: the cache position changes every step and must not recompile. On a CPU with a vector
+    ISA, the weights are frozen into the compiled code (change them and compile again) and every weight
+    product is inductor's own C++ GEMM template: it packs each weight once into column blocks, so one
+    row's product streams the weight front to back with no per-row reduction. Measured on GPT-2 at batch
+    1 (2-core AMD EPYC Zen 4, in-process A/B): bf16 7.36 -> 5.39 ms and fp32 13.7 -> 10.1 ms per token
+    against the multiply-and-sum it replaces. The packed weights are a second copy of the Linear weights
+    (GPT-2 fp32: 1.5 GB resident after compiling instead of 0.85, 2.2 GB at the peak while compiling).
+    An int8 model keeps its multiply-and-sum (`model.gemv`), where the dequantization is fused in; a low
+    realize threshold there makes inductor compute each LayerNorm / GELU output once into a buffer instead
+    of recomputing it for every output row.
     """
-    return torch.compile(model, dynamic=True, options={"realize_opcount_threshold": 4})
+    options = {"realize_opcount_threshold": 4}
+    device = next(model.parameters()).device
+    if device.type != "cpu" or not _cpu_gemm_template_runs(model):
+        return torch.compile(model, dynamic=True, options=options)
+    compiled = torch.compile(model, dynamic=True, options={**options, "max_autotune": True})
+
+    def step(idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        # freezing is read when a graph compiles (first call, or a recompile); a patch, not global state
+        with torch._inductor.config.patch(freezing=True, max_autotune_gemm_backends="CPP"):
+            return compiled(idx, cache)
+
+    return step
+
+
+def _cpu_gemm_template_runs(model: GPT) -> bool:
+    """Whether inductor's C++ GEMM template can take every weight product: it needs a vector ISA and fp32 or
+    bf16 weights (no fp16 template on most CPUs; int8 Linears are a fused multiply-and-sum, not a GEMM)."""
+    from torch._inductor import cpu_vec_isa
+
+    floats = all(m.weight.dtype in (torch.float32, torch.bfloat16) for m in model.modules() if hasattr(m, "weight")
+                 and isinstance(m.weight, torch.Tensor) and m.weight.dim() == 2)
+    return floats and bool(cpu_vec_isa.pick_vec_isa())
 
 
 @torch.inference_mode()

@@ -67,11 +67,12 @@ class KVCache:
 
 class Linear(nn.Linear):
     """nn.Linear, but a single input row without autograd (one-token decoding) on a CPU takes a
-    matrix-vector path, where decode spends its time: every weight is read once per token."""
+    matrix-vector path, where decode spends its time: every weight is read once per token. Compiled,
+    it stays F.linear: `generate.compile_step` has inductor pack the weight for that product."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or not one_cpu_row(x):
-            return super().forward(x)  # training and every multi-row input: the usual path
+        if torch.is_grad_enabled() or not one_cpu_row(x) or torch.compiler.is_compiling():
+            return super().forward(x)  # training, every multi-row input and compiled code: the usual path
         return gemv(self.weight, x, self.bias)
 
 
@@ -83,9 +84,9 @@ def one_cpu_row(x: torch.Tensor) -> bool:
 def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (..., in) times weight (out, in)^T for one row of x: (..., out).
 
-    Under torch.compile it is written as a multiply-and-sum, which inductor turns into one fused,
-    vectorised pass over the weight (fp32 accumulation, whatever the weight dtype); torch's own CPU
-    kernels for one row reach only half the memory bandwidth (the 50257-wide head, a third).
+    Under torch.compile (the int8 decode step) it is written as a multiply-and-sum, which inductor turns
+    into one fused, vectorised pass over the weight (fp32 accumulation, whatever the weight dtype);
+    torch's own CPU kernels for one row reach only half the memory bandwidth (the 50257-wide head, a third).
     """
     if torch.compiler.is_compiling():
         y = (weight * x.reshape(-1)).sum(-1)  # (out,)

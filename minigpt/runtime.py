@@ -118,7 +118,8 @@ def free_cores(interval: float = 0.25) -> tuple[int, float]:
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     def sample() -> list[tuple[int, int]]:
-        rows = [line.split() for line in open("/proc/stat") if line.startswith("cpu") and line[3].isdigit()]
+        with open("/proc/stat") as f:
+            rows = [line.split() for line in f if line.startswith("cpu") and line[3].isdigit()]
         return [(sum(map(int, r[1:9])), int(r[4]) + int(r[5])) for r in rows]  # (total, idle + iowait) jiffies
     try:
         before = sample()

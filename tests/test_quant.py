@@ -85,6 +85,19 @@ def test_compiled_decode_step_equals_eager():
             torch.testing.assert_close(step(idx[:1, :1], caches[0]), m(idx[:1, :1], caches[1]), atol=1e-5, rtol=1e-5)
 
 
+def test_compiled_step_packs_float_weights_and_keeps_int8_fused():
+    # fp32 / bf16 weights go through inductor's packed GEMM template (frozen into the step); int8 weights keep
+    # the fused multiply-and-sum, and fp16 (no template on most CPUs: "no choices" at compile) plain compile
+    from torch._inductor import cpu_vec_isa
+
+    from minigpt.generate import _cpu_gemm_template_runs
+    fp32 = sharp_model()
+    assert _cpu_gemm_template_runs(fp32) == bool(cpu_vec_isa.pick_vec_isa())
+    assert _cpu_gemm_template_runs(copy.deepcopy(fp32).to(torch.bfloat16)) == bool(cpu_vec_isa.pick_vec_isa())
+    assert not _cpu_gemm_template_runs(quant.quantize(copy.deepcopy(fp32), "int8"))
+    assert not _cpu_gemm_template_runs(copy.deepcopy(fp32).half())
+
+
 @pytest.fixture
 def char_ckpt(tmp_path):
     tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz ,.:\n!?ABCDEFGH")
