@@ -129,8 +129,8 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, *, generator: torch.Ge
 def compile_step(model: GPT):
     """`model` compiled for the one-token decode steps of `decode_steps(step=...)`.
 
-    dynamic=True: the cache position changes every step and must not recompile. On a CPU with a vector
-    ISA, the weights are frozen into the compiled code (change them and compile again) and every weight
+    dynamic=True: the cache position changes every step and must not recompile. On a CPU where
+    inductor's C++ GEMM template has kernels for the weights (`_cpu_gemm_template_runs`), they are frozen into the compiled code (change them and compile again) and every weight
     product is inductor's own C++ GEMM template: it packs each weight once into column blocks, so one
     row's product streams the weight front to back with no per-row reduction. Measured on GPT-2 at batch
     1 (2-core AMD EPYC Zen 4, in-process A/B): bf16 7.36 -> 5.39 ms and fp32 13.7 -> 10.1 ms per token
@@ -155,13 +155,20 @@ def compile_step(model: GPT):
 
 
 def _cpu_gemm_template_runs(model: GPT) -> bool:
-    """Whether inductor's C++ GEMM template can take every weight product: it needs a vector ISA and fp32 or
-    bf16 weights (no fp16 template on most CPUs; int8 Linears are a fused multiply-and-sum, not a GEMM)."""
+    """Whether inductor's C++ GEMM template has a kernel for every weight product: fp32 or bf16 weights on
+    x86 (AVX2 / AVX-512), fp32 on ARM (NEON / SVE). Anything else (fp16, other ISAs; int8 Linears, which
+    are a fused multiply-and-sum rather than a GEMM) takes the plain compile."""
     from torch._inductor import cpu_vec_isa
 
-    floats = all(m.weight.dtype in (torch.float32, torch.bfloat16) for m in model.modules() if hasattr(m, "weight")
-                 and isinstance(m.weight, torch.Tensor) and m.weight.dim() == 2)
-    return floats and bool(cpu_vec_isa.pick_vec_isa())
+    isa = cpu_vec_isa.pick_vec_isa()
+    if isinstance(isa, (cpu_vec_isa.VecAVX2, cpu_vec_isa.VecAVX512)):
+        dtypes = (torch.float32, torch.bfloat16)
+    elif isinstance(isa, (cpu_vec_isa.VecNEON, cpu_vec_isa.VecSVE)):
+        dtypes = (torch.float32,)
+    else:
+        return False
+    return all(m.weight.dtype in dtypes for m in model.modules()
+               if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2)
 
 
 @torch.inference_mode()
