@@ -130,9 +130,10 @@ def compile_step(model: GPT):
     """`model` compiled for the one-token decode steps of `decode_steps(step=...)`.
 
     dynamic=True: the cache position changes every step and must not recompile. On a CPU where
-    inductor's C++ GEMM template has kernels for the weights (`_cpu_gemm_template_runs`), they are frozen into the compiled code (change them and compile again) and every weight
-    product is inductor's own C++ GEMM template: it packs each weight once into column blocks, so one
-    row's product streams the weight front to back with no per-row reduction. Measured on GPT-2 at batch
+    inductor's C++ GEMM template has kernels for the weights (`_cpu_gemm_template_runs`), the weights are
+    frozen into the compiled code (change them and compile again) and every weight product is that
+    template: it packs each weight once into column blocks, so one row's product streams the weight
+    front to back with no per-row reduction. Measured on GPT-2 at batch
     1 (2-core AMD EPYC Zen 4, in-process A/B): bf16 7.36 -> 5.39 ms and fp32 13.7 -> 10.1 ms per token
     against the multiply-and-sum it replaces. The packed weights are a second copy of the Linear weights
     (GPT-2 fp32: 1.5 GB resident after compiling instead of 0.85, 2.2 GB at the peak while compiling).
