@@ -156,9 +156,10 @@ def compile_step(model: GPT):
 
 
 def _cpu_gemm_template_runs(model: GPT) -> bool:
-    """Whether inductor's C++ GEMM template has a kernel for every weight product: fp32 or bf16 weights on
-    x86 (AVX2 / AVX-512), fp32 on ARM (NEON / SVE). Anything else (fp16, other ISAs; int8 Linears, which
-    are a fused multiply-and-sum rather than a GEMM) takes the plain compile."""
+    """Whether the compiled step takes inductor's C++ GEMM template: fp32 or bf16 weights on x86 (AVX2 /
+    AVX-512), fp32 on ARM (NEON / SVE), where its registry has kernels (ARM has no bf16 ones: "no choices" at
+    compile). Anything else takes the plain compile: fp16 (not measured here), other ISAs, and int8 Linears,
+    which are a fused multiply-and-sum rather than a GEMM."""
     from torch._inductor import cpu_vec_isa
 
     isa = cpu_vec_isa.pick_vec_isa()

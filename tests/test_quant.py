@@ -92,8 +92,8 @@ def test_compiled_decode_step_equals_eager():
 
 
 def test_compiled_step_packs_float_weights_and_keeps_int8_fused():
-    # fp32 / bf16 weights go through inductor's packed GEMM template (frozen into the step); int8 weights keep
-    # the fused multiply-and-sum, and fp16 (no template on most CPUs: "no choices" at compile) plain compile
+    # fp32 / bf16 weights go through inductor's packed GEMM template (frozen into the step) where it has kernels
+    # (bf16 on x86 only); int8 weights keep the fused multiply-and-sum, and fp16 (not measured) the plain compile
     from torch._inductor import cpu_vec_isa
 
     from minigpt.generate import _cpu_gemm_template_runs
