@@ -199,7 +199,9 @@ def decode_steps(model: GPT, idx: torch.Tensor, *, max_new_tokens: int, sampling
             cache.pos = 0  # the window slides: re-run the last block_size tokens from position 0
             logits = model(tokens[:, -block:], cache)
         else:
-            logits = (step if new.size(1) == 1 else model)(new, cache)  # prefill, then one token per step
+            # the prompt (even a single token) goes through the model, then `step` takes one token a step: it
+            # never sees position 0, which compiled code would treat as a case of its own and compile twice
+            logits = (step if new.size(1) == 1 and cache.pos > 0 else model)(new, cache)
         next_id = sample_next(logits[:, -1, :], sampling, generator=generator, seen=seen)
         if seen is not None:
             seen.scatter_(1, next_id, True)

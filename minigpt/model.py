@@ -53,12 +53,16 @@ class KVCache:
 
     `pos` counts the positions filled; a forward pass with a cache writes its T new positions in place
     at pos..pos+T-1, attends over positions 0..pos+T-1, then advances pos by T.
+
+    The tensors hold one spare position past `max_len`, never written: the positions attended over are then
+    always a strict slice of them, never the whole tensor, which a compiled decode step would otherwise
+    treat as a separate case and compile again (~30 s for GPT-2) at the step that fills the cache.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=None):
         if max_len > config.block_size:
             raise ValueError(f"max_len ({max_len}) is longer than the model's context ({config.block_size})")
-        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        shape = (batch_size, config.n_head, max_len + 1, config.n_embd // config.n_head)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.max_len = max_len
@@ -119,7 +123,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         mask, causal = None, True
         if kv is not None:  # generation: store the new keys/values, attend over everything cached so far
-            k_cache, v_cache = kv  # (B, nh, max_len, hs) each
+            k_cache, v_cache = kv  # (B, nh, max_len + 1, hs) each
             k_cache[:, :, pos : pos + T] = k
             v_cache[:, :, pos : pos + T] = v
             k, v = k_cache[:, :, : pos + T], v_cache[:, :, : pos + T]  # (B, nh, pos+T, hs)

@@ -91,6 +91,20 @@ def test_compiled_decode_step_equals_eager():
             torch.testing.assert_close(got, want, atol=atol, rtol=0 if dtype == torch.bfloat16 else 1e-5)
 
 
+def test_compiled_step_compiles_once_from_a_one_token_prompt_past_a_full_cache():
+    # a one-token prompt (position 0) and the step that fills the cache (its slice the whole tensor) were
+    # cases of their own for compiled code: 30 s of GPT-2 compile each, mid-generation. One graph serves all.
+    from torch._dynamo.utils import counters
+
+    m = sharp_model()
+    step = compile_step(m)
+    idx = torch.randint(0, 40, (1, 1), generator=torch.Generator().manual_seed(5))
+    before = counters["stats"]["unique_graphs"]
+    compiled = generate(m, idx, max_new_tokens=CFG.block_size + 3, sampling=GREEDY, step=step)
+    assert counters["stats"]["unique_graphs"] - before == 1
+    assert torch.equal(compiled, generate(m, idx, max_new_tokens=CFG.block_size + 3, sampling=GREEDY))
+
+
 def test_compiled_step_packs_float_weights_and_keeps_int8_fused():
     # fp32 / bf16 weights go through inductor's packed GEMM template (frozen into the step) where it has kernels
     # (bf16 on x86 only); int8 weights keep the fused multiply-and-sum, and fp16 (not measured) the plain compile
