@@ -317,22 +317,20 @@ def generate_bench(engine: str, dtype_name: str, prompt_len: int, new_tokens: in
         t0 = time.perf_counter()
         run(8)  # warm-up (and compilation)
         compile_s = time.perf_counter() - t0 if compile_ else 0.0
-        best, out, bandwidth, paired = 0.0, None, 0.0, 0.0
+        # This VM's read bandwidth moves within a minute (31-48 GB/s) and between processes (33-65 GB/s in
+        # launches seconds apart): reads probed in this process between the repetitions, and each repetition
+        # paired with the better of the reads just before and just after it
+        best, out, paired, reads = 0.0, None, 0.0, [read_bandwidth(seconds=0.25)]
         for _ in range(reps):
-            # This VM's read bandwidth moves within a minute (31-48 GB/s) and between processes (33-65 GB/s
-            # in launches seconds apart): each repetition is paired with the best read probed in this process
-            # just before and just after it
-            before = read_bandwidth(seconds=0.25)
             t0 = time.perf_counter()
             out = run(new_tokens)
             tokens_per_s = new_tokens / (time.perf_counter() - t0)
-            beside = max(before, read_bandwidth(seconds=0.25))
+            reads.append(read_bandwidth(seconds=0.25))
             if tokens_per_s > best:
-                best, paired = tokens_per_s, beside
-            bandwidth = max(bandwidth, beside)
+                best, paired = tokens_per_s, max(reads[-2:])
     assert out.shape[1] == prompt_len + new_tokens
     return {"tokens_per_s": best, "ms_per_step": 1000 / best, "tokens": out[0, prompt_len:].tolist(),
-            "compile_s": compile_s, "bandwidth": bandwidth, "paired_bandwidth": paired}
+            "compile_s": compile_s, "bandwidth": max(reads), "paired_bandwidth": paired}
 
 
 def run_generate(quick: bool, ceilings: Ceilings) -> list[dict]:
