@@ -80,6 +80,11 @@ class TrainConfig:
     lr_schedule: str = opt("cosine", "after warmup: 'cosine' decay to min_lr at lr_decay_iters, or 'wsd' (warmup-"
                                      "stable-decay): flat, then linear to min_lr over the last cooldown_iters")
     cooldown_iters: int = opt(0, "with lr_schedule='wsd': steps of linear decay ending at lr_decay_iters")
+    max_minutes: float = opt(0.0, "train to a wall-clock budget: stop this many minutes after launch with the "
+                                  "checkpoint saved, the schedule timed by warmup_frac and cooldown_frac (max_iters "
+                                  "and the *_iters schedule settings then do not apply); 0: train max_iters steps")
+    warmup_frac: float = opt(0.05, "with max_minutes: share of the training time spent warming up")
+    cooldown_frac: float = opt(0.4, "with max_minutes: share of the training time of the final linear cooldown")
     optimizer: str = opt("adamw", "'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for the rest")
     muon_lr: float = opt(0.02, "with optimizer='muon': Muon's peak learning rate (follows the same schedule)")
     muon_momentum: float = opt(0.95, "with optimizer='muon': Muon's Nesterov momentum")
