@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -14,12 +15,23 @@ from .errors import UserError
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside `path`; on success fsync it and rename it over `path`, else delete it."""
+    """Open a temp file beside `path`; on success fsync it and rename it over `path`, else delete it.
+
+    The file gets the permissions a plain open() would give it: an existing file's mode, else 0666 less
+    the umask (os.open applies it; tempfile.mkstemp would make every file 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:  # hidden, beside the file: `.NAME.<random>.tmp`, the name the stale-temp sweeps look for
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            pass
     try:
         with os.fdopen(fd, mode) as f:
+            if path.exists():
+                os.fchmod(f.fileno(), stat.S_IMODE(path.stat().st_mode))
             yield f
             f.flush()
             os.fsync(f.fileno())
