@@ -12,6 +12,7 @@ between speeches. Titles, act/scene headings and stage directions are dropped.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
 import io
@@ -118,13 +119,17 @@ def text_document(text: str) -> Document:
 
 
 def _file_document(f: Path) -> Document:
-    """A text file as one document, checked to be UTF-8 text while its characters are counted."""
-    with open(f, "rb") as fh:
-        if b"\0" in fh.read(8192):
-            raise UserError(f"{f} looks like a binary file (it holds NUL bytes); give text files only")
+    """A text file as one document, checked to be UTF-8 text without NUL bytes (the whole file, not a first
+    block: a NUL anywhere would become a character of the vocabulary) while its characters are counted."""
+    decoder = codecs.getincrementaldecoder("utf-8")()  # the text as it is, \r\n included
+    chars = 0
     try:
-        with open(f, encoding="utf-8", newline="") as fh:  # newline="": the text as it is, \r\n included
-            chars = sum(map(len, iter(lambda: fh.read(1 << 20), "")))
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                if b"\0" in block:
+                    raise UserError(f"{f} looks like a binary file (it holds NUL bytes); give text files only")
+                chars += len(decoder.decode(block))
+        chars += len(decoder.decode(b"", final=True))
     except UnicodeDecodeError:
         raise UserError(f"{f} is not UTF-8 text; convert it to UTF-8 or leave it out") from None
 

