@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -122,9 +123,14 @@ def main(argv: list[str]) -> int:
         raise UserError("give at least one --input=SOURCE and --out=FILE.json (and --vocab_size=N); "
                         "see python -m minigpt bpe --help")
     _check(cfg.vocab_size, cfg.pattern)  # before reading any text
+    if not cfg.sample_mb > 0:
+        raise UserError(f"--sample_mb must be positive, got {cfg.sample_mb}")
     name = Path(cfg.out).stem
-    tok = train_bpe(sample_texts(cfg.input, int(cfg.sample_mb * 1e6), cfg.text_field), cfg.vocab_size,
-                    cfg.pattern, name)
+    texts = sample_texts(cfg.input, max(1, int(cfg.sample_mb * 1e6)), cfg.text_field)
+    first = next((t for t in texts if t), None)  # an empty corpus would give a tokenizer of bytes alone
+    if first is None:
+        raise UserError(f"--input {', '.join(cfg.input)} holds no text; give a source with some text in it")
+    tok = train_bpe(chain([first], texts), cfg.vocab_size, cfg.pattern, name)
     tok.save(cfg.out)
     print(f"BPE tokenizer '{name}': {tok.vocab_size:,} tokens ({cfg.pattern} split pattern) written to {cfg.out}; "
           f"use it with `python data/prepare.py SOURCE --tokenizer={cfg.out}`")

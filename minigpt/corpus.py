@@ -70,6 +70,9 @@ def open_source(source, text_field: str = "text", split: str = "train", input_fi
         return tinyshakespeare(input_file)
     path = Path(source)
     files = _files(path)
+    if all(f.stat().st_size == 0 for f in files):  # said here: an empty .jsonl would fail as "not JSON"
+        empty = "it is empty" if files == [path] else f"its {len(files)} file{'s' * (len(files) != 1)} are empty"
+        raise UserError(f"{path} holds no text ({empty}); give a source with some text in it")
     what = f"{path} ({len(files)} file{'s' * (len(files) != 1)})"
     if files[0].suffix == ".txt":
         return Source(lambda: (_file_document(f) for f in files), f"{'folder' if path.is_dir() else 'file'}: {what}")

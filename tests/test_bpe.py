@@ -64,6 +64,24 @@ def test_bad_input():
         tokenizer.build("missing_tokenizer.json")
 
 
+def test_empty_corpus_is_refused_and_writes_nothing(tmp_path):
+    """Bug 7: an empty corpus trained a 257-token tokenizer (bytes only) and wrote it."""
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n' * 3)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "a.txt").write_text("")
+    out = tmp_path / "tok.json"
+    for source in ("empty.txt", "blank.jsonl", "folder"):
+        with pytest.raises(UserError, match="holds no text"):
+            bpe.main([f"--input={tmp_path / source}", "--vocab_size=300", f"--out={out}"])
+        assert not out.exists()
+    proc = run("-m", "minigpt", "bpe", f"--input={tmp_path / 'empty.txt'}", "--vocab_size=300", f"--out={out}",
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not out.exists()
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "empty.txt" in line and "holds no text" in line
+
+
 def test_cli_train_then_prepare_then_train(tmp_path, corpus_file):
     """train a BPE -> prepare shards with it -> the checkpoint carries it (sampling needs nothing else)."""
     import torch

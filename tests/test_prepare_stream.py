@@ -164,11 +164,29 @@ def _bad(tmp_path, source: str, tokenizer: str = "char") -> str:
     return str(e.value)
 
 
+@pytest.mark.parametrize("tokenizer", ["char", pytest.param("gpt2", marks=needs_gpt2)])
+def test_empty_sources_are_one_line_and_leave_nothing(tmp_path, tokenizer):
+    """Bug 7: an empty .jsonl said "cannot be read as json (StopIteration)"; every empty source says it holds no
+    text, and nothing is left in --out."""
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text('{"text": ""}\n' * 3)
+    (tmp_path / "folder").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "folder" / name).write_text("")
+    for source in ("empty.txt", "empty.jsonl", "blank.jsonl", "folder"):
+        line = _bad(tmp_path, str(tmp_path / source), tokenizer)
+        assert "holds no text" in line and source in line, line
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_bad_input_one_clear_line_each(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     assert "holds no text" in _bad(tmp_path, str(tmp_path / "empty.txt"))
     (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 10)
     assert "binary" in _bad(tmp_path, str(tmp_path / "blob.txt"))
+    (tmp_path / "late_nul.txt").write_bytes(b"some text\n" * 2000 + b"\0" + b"more text\n")  # past 8 KB
+    assert "binary" in _bad(tmp_path, str(tmp_path / "late_nul.txt"))
     (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1") * 10)
     assert "not UTF-8" in _bad(tmp_path, str(tmp_path / "latin.txt"))
     (tmp_path / "rows.jsonl").write_text('{"content": "hello"}\n' * 5)
