@@ -2,12 +2,12 @@
 
 from minigpt.config import parse_cli, train_sections
 from minigpt.errors import run_cli
-from minigpt.trainer import train
+from minigpt.trainer import process_start, train
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_cli(argv, train_sections(), "python train.py", __doc__.splitlines()[0])
-    train(cfg)
+    train(cfg, launched=process_start())  # a --max_minutes budget counts start-up too
     return 0
 
 

@@ -4,7 +4,8 @@ AdamW (the default) decays every matrix and embedding, never biases or LayerNorm
 (`--optimizer=muon`) trains the transformer blocks' weight matrices with Muon and everything else
 (embeddings, the tied head, norms, biases) with AdamW, as nanochat and the modded-nanogpt speedruns do.
 The schedule (`lr_at`) is linear warmup, then cosine decay or warmup-stable-decay (flat, then a linear
-cooldown to min_lr); Muon's learning rate follows the same curve, scaled to its own peak.
+cooldown to min_lr); Muon's learning rate follows the same curve, scaled to its own peak. A run with a
+time budget (`--max_minutes`) follows `lr_at_fraction`, warmup-stable-decay over its elapsed share of the budget.
 """
 
 from __future__ import annotations
@@ -223,3 +224,19 @@ def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: i
         return lr + (step - start) / max(1, cooldown_iters) * (min_lr - lr)
     progress = (step - warmup_iters) / max(1, decay_iters - warmup_iters)  # 0 -> 1
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def lr_at_fraction(frac: float, lr: float, min_lr: float, warmup: float, cooldown: float) -> float:
+    """Warmup-stable-decay over a run's elapsed share of its time budget (`frac`, 0 at the first step,
+    1 when the budget's training time is spent): linear from 0 to `lr` over the first `warmup`, `lr`
+    until 1 - `cooldown`, then linear to `min_lr` at 1, and `min_lr` after. The trainer asks for the
+    rate at the moment a step will end (the last one ends near 1, so near `min_lr`)."""
+    frac = max(0.0, frac)
+    if frac < warmup:
+        return lr * frac / warmup
+    if frac >= 1.0:
+        return min_lr
+    start = 1.0 - cooldown
+    if frac < start:
+        return lr
+    return lr + (frac - start) / cooldown * (min_lr - lr)

@@ -10,6 +10,7 @@ resumed run replays exactly the batches, dropout masks and logged losses of an u
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from .config import Config, TrainConfig, model_config
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
 from .model import GPT, GPTConfig, lm_loss
-from .optim import clip_and_step, lr_at, make_optimizer, set_lr
+from .optim import clip_and_step, lr_at, lr_at_fraction, make_optimizer, set_lr
 from .tracking import Tracker, plot_losses
 
 
@@ -38,6 +39,11 @@ class TrainState:
     best_val_loss: float = math.inf
     eval_done: bool = False
     wandb_id: str = ""  # so a resumed run logs into the same Weights & Biases run
+    # a run with a time budget (--max_minutes): seconds of it spent by the processes so far, spent when the
+    # first step began (-1: not yet), and the longest evaluation + checkpoint (what the budget keeps for the last)
+    budget_spent: float = 0.0
+    budget_first: float = -1.0
+    budget_reserve: float = 0.0
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +52,9 @@ class TrainState:
         for k in ("iter_num", "best_val_loss", "eval_done"):
             setattr(self, k, state[k])
         self.wandb_id = state.get("wandb_id", "")
+        self.budget_spent = state.get("budget_spent", 0.0)
+        self.budget_first = state.get("budget_first", -1.0)
+        self.budget_reserve = state.get("budget_reserve", 0.0)
 
 
 @dataclass
@@ -274,11 +283,14 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, bool]:
     return loss_sum, True
 
 
-def train(cfg: Config) -> dict:
-    """Train a model as `cfg` says (single process, or one rank of a torchrun job); returns final losses."""
+def train(cfg: Config, launched: float | None = None) -> dict:
+    """Train a model as `cfg` says (single process, or one rank of a torchrun job); returns final losses.
+    `launched`: when a time budget (--max_minutes) starts counting; train.py passes its process's start,
+    so start-up counts; default: now."""
+    launched = time.time() if launched is None else launched
     world, device_name = distributed.init(cfg.runtime.device)
     try:
-        result = _train(setup(cfg, world, device_name))
+        result = _train(setup(cfg, world, device_name), launched)
         distributed.barrier(world)  # rank 0 may still be writing: nobody tears the group down under it
     except BaseException:
         distributed.shutdown(world)
@@ -314,8 +326,8 @@ class Progress:
                 f"iteration, dataset {run.dataset.path} ({run.dataset.meta['train_tokens']:,} train tokens)")
         self.start_iter, self.t0 = st.iter_num, time.time()
         self.tokens, self.t_last = 0, time.time()
-        self.bar = tqdm(total=t.max_iters, initial=st.iter_num, desc="training", dynamic_ncols=True,
-                        disable=not self.main)
+        self.bar = tqdm(total=None if t.max_minutes else t.max_iters, initial=st.iter_num, desc="training",
+                        dynamic_ncols=True, disable=not self.main)
 
     def mfu(self, tokens_per_s: float) -> float | None:
         return flops.mfu(self.run.flops_per_token, tokens_per_s, self.peak) if self.peak else None
@@ -325,7 +337,9 @@ class Progress:
         if self.tracker:
             self.tracker.log({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
 
-    def stepped(self, loss: torch.Tensor, lr: float) -> None:
+    def stepped(self, loss: torch.Tensor, lr: float, budget: Budget | None = None) -> None:
+        if budget is not None and budget.step_s:  # the bar's end: the steps that fit in what is left
+            self.bar.total = self.run.state.iter_num + int(budget.left() / budget.step_s)
         self.bar.update(1)
         self.tokens += self.tokens_per_iter
         it = self.run.state.iter_num
@@ -352,15 +366,88 @@ class Progress:
         run = self.run
         if self.main and run.t.plot:
             plot_losses(run.out_dir / "metrics.jsonl", run.out_dir / "loss.png")
-        n = max(0, run.t.max_iters - self.start_iter)
+        n = run.state.iter_num - self.start_iter
         tps = n * self.tokens_per_iter / max(elapsed, 1e-9)
         mfu = self.mfu(tps)
         run.say(f"done: {n} iterations in {elapsed:.1f}s ({tps:,.0f} tokens/s"
                 f"{f', MFU {mfu:.1%} with evals' if mfu is not None else ''}); checkpoint in {run.out_dir}")
 
 
-def _train(run: Run) -> dict:
+def process_start() -> float:
+    """When this process started (seconds since the epoch), so a time budget counts Python's and torch's
+    start-up too: its age from /proc on Linux; elsewhere now."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - age if 0 <= age < 3600 else time.time()  # an odd clock: count from now
+
+
+class Budget:
+    """A wall-clock budget (--max_minutes): when the last step starts, and where in the schedule a step ends.
+
+    It counts from `launched` (start-up included) plus what earlier processes of a resumed run spent
+    (saved as `TrainState.budget_spent`), so a resumed run gets the remainder. Training time runs from
+    the run's first step to the budget less a reserve for the final evaluation and checkpoint (the
+    longest one measured so far, the one at step 0 included); the schedule's fraction goes 0 -> 1 over it.
+    A step starts only if its estimated time (an average of recent steps) still fits."""
+
+    def __init__(self, t: TrainConfig, state: TrainState, launched: float):
+        if t.max_minutes < 0:
+            raise UserError(f"max_minutes must be > 0 (a budget) or 0 (train max_iters steps), got {t.max_minutes}")
+        if not (0 <= t.warmup_frac and 0 <= t.cooldown_frac and t.warmup_frac + t.cooldown_frac <= 1):
+            raise UserError(f"warmup_frac ({t.warmup_frac}) and cooldown_frac ({t.cooldown_frac}) must be >= 0 "
+                            f"and add up to at most 1")
+        self.t, self.state = t, state
+        self.total = t.max_minutes * 60
+        self.origin = launched - state.budget_spent  # the budget's zero on this process's clock
+        self.step_s: float | None = None
+        self.t_step = 0.0
+
+    def used(self) -> float:
+        return time.time() - self.origin
+
+    def left(self) -> float:
+        """Seconds of training time left (the reserve for the last evaluation and checkpoint kept back)."""
+        return self.total - self.state.budget_reserve - self.used()
+
+    def over(self) -> bool:
+        return self.left() < (self.step_s or 0.0)
+
+    def evaluated(self, seconds: float) -> None:
+        self.state.budget_reserve = max(self.state.budget_reserve, seconds)
+
+    def lr(self) -> float:
+        """The rate at the moment the coming step should end, as a fraction of the training time."""
+        st, t = self.state, self.t
+        self.t_step = time.time()
+        if st.budget_first < 0:
+            st.budget_first = self.used()
+        span = self.total - st.budget_reserve - st.budget_first
+        frac = (self.used() + (self.step_s or 0.0) - st.budget_first) / max(span, 1e-9)
+        if not t.decay_lr:
+            return t.learning_rate
+        return lr_at_fraction(frac, t.learning_rate, t.min_lr, t.warmup_frac, t.cooldown_frac)
+
+    def stepped(self) -> None:
+        """Add the step that just ended to the running average of step times."""
+        dt = time.time() - self.t_step
+        self.step_s = dt if self.step_s is None else 0.7 * self.step_s + 0.3 * dt
+
+    def check_room(self) -> None:
+        """Refuse a budget that ends before the first step could."""
+        if self.state.budget_first < 0:
+            raise UserError(f"--max_minutes={self.t.max_minutes:g} leaves no time to train: start-up and the first "
+                            f"evaluation took {self.used():.1f} s of {self.total:.1f} s; raise --max_minutes")
+
+
+def _train(run: Run, launched: float) -> dict:
     t, st = run.t, run.state
+    budget = Budget(t, st, launched) if t.max_minutes else None
     losses: dict[str, float] = {}
     if t.eval_only:
         losses = estimate_loss(run)
@@ -371,20 +458,35 @@ def _train(run: Run) -> dict:
     with _stop_signals() as caught:
         while True:
             it = st.iter_num
-            if (it % t.eval_interval == 0 or it == t.max_iters) and not st.eval_done:
+            # every rank stops at the same step: their clocks differ
+            last = distributed.any_flag(budget.over(), run.world, run.rt.device) if budget else it >= t.max_iters
+            if (it % t.eval_interval == 0 or last) and not st.eval_done:
+                t_eval = time.time()
                 losses = estimate_loss(run)
                 improved = losses["val"] < st.best_val_loss
                 st.best_val_loss = min(st.best_val_loss, losses["val"])  # never replaced by a worse one
                 st.eval_done = True
                 progress.evaluated(it, losses)
                 if improved or t.always_save_checkpoint:
+                    if budget:
+                        st.budget_spent = budget.used()
                     run.save(improved)
-            if it >= t.max_iters:
+                if budget:
+                    budget.evaluated(time.time() - t_eval)
+                    last = last or distributed.any_flag(budget.over(), run.world, run.rt.device)
+            if last:
+                if budget:
+                    budget.check_room()
                 break
 
-            lr = lr_at(it, t.learning_rate, t.min_lr, t.warmup_iters, t.lr_decay_iters, t.decay_lr,
-                       t.lr_schedule, t.cooldown_iters)
+            if budget:  # one rate on every rank (it comes from each one's clock)
+                lr = distributed.mean(budget.lr(), run.world, run.rt.device)
+            else:
+                lr = lr_at(it, t.learning_rate, t.min_lr, t.warmup_iters, t.lr_decay_iters, t.decay_lr,
+                           t.lr_schedule, t.cooldown_iters)
             loss, finite = train_step(run, lr)
+            if budget:
+                budget.stepped()
             st.iter_num, st.eval_done = it + 1, False
             if not finite:
                 if t.on_nan == "stop":
@@ -393,9 +495,11 @@ def _train(run: Run) -> dict:
                                     f"checkpoint in {run.out_dir} is untouched (lower learning_rate, or on_nan=skip)")
                 run.say(f"warning: non-finite loss at iteration {it}; step skipped")
                 continue
-            progress.stepped(loss, lr)
+            progress.stepped(loss, lr, budget)
             if distributed.any_flag(bool(caught), run.world, run.rt.device):
                 stopped_by = caught[0] if caught else signal.SIGTERM
+                if budget:
+                    st.budget_spent = budget.used()
                 run.save(improved=False)
                 break
     elapsed = progress.close()
@@ -404,6 +508,8 @@ def _train(run: Run) -> dict:
                 f"{run.out_dir / 'ckpt.pt'}; continue with `python train.py ... --resume`")
         raise SystemExit(128 + stopped_by)  # 130 for SIGINT, 143 for SIGTERM
     progress.done(elapsed)
+    if budget:
+        run.say(f"budget: {budget.used():.1f} s of {budget.total:.1f} s from launch to checkpoint")
     return {"losses": losses, "best_val_loss": st.best_val_loss, "elapsed": elapsed, "out_dir": str(run.out_dir)}
 
 
