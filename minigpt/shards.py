@@ -115,13 +115,23 @@ class Tokens:
         return out
 
 
+def shard_file(folder: Path, name) -> Path:
+    """The shard `name` listed in meta.json (or prepare's state): a plain file name inside `folder`, never
+    an absolute path or one with `..` that would take a file from elsewhere."""
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+        raise UserError(f"{folder} lists the shard {name!r}, which is not a file name inside {folder}; its "
+                        f"meta.json was edited or is corrupt, prepare the dataset again")
+    return folder / name
+
+
 def load_split(path: Path, meta: dict, split: str, verify: bool) -> Tokens:
-    """Open the shards of one split listed in meta.json, checking headers (and sha256 if `verify`)."""
+    """Open the shards of one split listed in meta.json, checking headers and token counts against meta.json
+    (and sha256 if `verify`)."""
     info = meta["splits"][split]
     dtype = np.dtype(meta["dtype"])
     arrays = []
     for entry in info["shards"]:
-        f = path / entry["file"]
+        f = shard_file(path, entry["file"])
         arr = open_shard(f)
         if arr.dtype != dtype or len(arr) != entry["tokens"]:
             raise UserError(f"shard {f} holds {len(arr)} {arr.dtype} tokens but meta.json lists {entry['tokens']} "
@@ -130,6 +140,15 @@ def load_split(path: Path, meta: dict, split: str, verify: bool) -> Tokens:
             raise UserError(f"shard {f} does not match the sha256 in meta.json (changed or corrupt); "
                             f"prepare the dataset again")
         arrays.append(arr)
+    total = sum(map(len, arrays))
+    for where, said in ((f"splits.{split}.tokens", info.get("tokens")), (f"{split}_tokens", meta.get(f"{split}_tokens"))):
+        if said is not None and said != total:
+            raise UserError(f"meta.json of {path} says the {split} split holds {said} tokens ({where}) but its shards "
+                            f"hold {total}; the dataset is inconsistent, prepare it again")
+    size = meta.get("shard_size")
+    if size is not None and (any(len(a) != size for a in arrays[:-1]) or any(len(a) > size for a in arrays)):
+        raise UserError(f"the {split} shards of {path} do not follow meta.json's shard_size={size} (every shard but "
+                        f"the last holds exactly that many tokens); the dataset is inconsistent, prepare it again")
     return Tokens(arrays, dtype)
 
 

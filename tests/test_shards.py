@@ -1,6 +1,7 @@
 """Shard files and sharded datasets: round trip, header and sha256 checks, the loader over shards."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -85,6 +86,56 @@ def test_sharded_dataset_opens_and_checks_sha256(tmp_path):
     bad = run("-m", "minigpt", "verify", str(out), check=False)
     assert bad.returncode == 2 and "sha256" in bad.stderr and "Traceback" not in bad.stderr
     TokenDataset(out, verify=False)  # big datasets skip the check on opening
+
+
+def char_dataset_meta(tmp_path):
+    """A small char dataset of several shards per split; returns (folder, its meta.json as a dict)."""
+    src = tmp_path / "docs"
+    src.mkdir()
+    for i in range(20):
+        (src / f"{i:02d}.txt").write_text(f"Document number {i}.\n" * 30)
+    source = corpus.open_source(str(src))
+    out = tmp_path / "ds"
+    prepare.prepare_dataset(source, prepare.char_tokenizer(source), out, shard_size=500)
+    return out, json.loads((out / "meta.json").read_text())
+
+
+def check_refused(out, meta, match, cli=False):
+    """The dataset with this meta.json is refused by verify (and its command, with `cli`) and when opened."""
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=match):
+        shards.verify(out)
+    with pytest.raises(UserError, match=match):
+        TokenDataset(out)
+    if cli:
+        bad = run("-m", "minigpt", "verify", str(out), check=False)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and "all intact" not in bad.stdout
+        (line,) = bad.stderr.strip().splitlines()
+        assert line.startswith("error: ") and re.search(match, line)
+
+
+def test_a_shard_entry_may_not_leave_the_dataset_folder(tmp_path):
+    """Bug 11: meta.json's `file` was joined as given, so `verify` passed a val shard taken from elsewhere."""
+    out, meta = char_dataset_meta(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = meta["splits"]["val"]["shards"][0]
+    (elsewhere / first["file"]).write_bytes((out / first["file"]).read_bytes())  # a whole, valid shard
+    for name in (f"../elsewhere/{first['file']}", str(elsewhere / first["file"]), "..", "", 7):
+        first["file"] = name
+        check_refused(out, meta, "not a file name inside", cli=name == "..")
+
+
+def test_verify_checks_the_token_counts_of_meta(tmp_path):
+    """Bug 1: a dataset whose meta.json totals disagree with its shards passed `verify`."""
+    out, meta = char_dataset_meta(tmp_path)
+    shards.verify(out)
+    for edit, match in [(lambda m: m.update(train_tokens=m["train_tokens"] + 1), "train split"),
+                        (lambda m: m["splits"]["val"].update(tokens=m["splits"]["val"]["tokens"] - 1), "val split"),
+                        (lambda m: m.update(shard_size=400), "shard_size")]:
+        changed = json.loads(json.dumps(meta))
+        edit(changed)
+        check_refused(out, changed, match, cli=match == "train split")
 
 
 def fake_dataset(tmp_path, docs: list[list[int]], shard_size: int, eot: int = 50256):
