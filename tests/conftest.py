@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -24,6 +25,15 @@ atexit.register(shutil.rmtree, _CACHES, ignore_errors=True)
 for _var, _sub in {"HF_HOME": "huggingface", "WANDB_CACHE_DIR": "wandb", "WANDB_CONFIG_DIR": "wandb",
                    "WANDB_DATA_DIR": "wandb", "MPLCONFIGDIR": "matplotlib"}.items():
     os.environ[_var] = os.path.join(_CACHES, _sub)
+
+# dtype=auto on a CPU with native bf16 is decided by a timing probe (minigpt.runtime.choose_dtype): the
+# suite pins it to float32 so no test's numbers depend on the moment's load (subprocesses inherit it);
+# the policy's own tests unset it.
+os.environ.setdefault("MINIGPT_CPU_AUTO_DTYPE", "float32")
+
+# Tests of the CUDA paths: marked `cuda` (scripts/gpu_check.sh runs `pytest -m cuda`), skipped without a GPU.
+needs_cuda = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; "
+                                                   "scripts/gpu_check.sh runs these on one")]
 
 needs_gpt2 = pytest.mark.skipif(
     not (TIKTOKEN_CACHE.is_dir() or os.environ.get("TIKTOKEN_CACHE_DIR")),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt.tools import flops
+from minigpt import flops, runtime
 from minigpt.config import PRESETS, build_config, train_sections
 from minigpt.model import GPT, GPTConfig
 
@@ -48,11 +48,11 @@ def test_gpu_peak_table(name, peak):
 
 
 def test_flops_does_not_import_params():
-    """One-way: minigpt.tools.params imports minigpt.tools.flops, never the reverse (FLOPs need only a count)."""
-    code = ("import sys, torch; from minigpt import model; from minigpt.tools import flops; from minigpt.config import PRESETS\n"
+    """One-way: minigpt.tools.params imports minigpt.flops, never the reverse (FLOPs need only a count)."""
+    code = ("import sys, torch; from minigpt import model; from minigpt import flops; from minigpt.config import PRESETS\n"
             "with torch.device('meta'): m = model.GPT(model.GPTConfig(**PRESETS['gpt2']))\n"
             "assert flops.model_flops_per_token(m) == 855_166_464\n"
-            "assert 'minigpt.tools.params' not in sys.modules")
+            "assert not [n for n in sys.modules if n in ('minigpt.params', 'minigpt.tools.params')]")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -76,7 +76,7 @@ def test_cpu_peak_is_probed_in_the_run_never_read_from_a_cache(monkeypatch, priv
 
 
 def test_emulated_bf16_is_never_probed(monkeypatch):
-    monkeypatch.setattr(flops, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: False)
     monkeypatch.setattr(flops, "matmul_peak", lambda *a, **k: pytest.fail("probed an emulated bf16"))
     peak, note = flops.device_peak(torch.device("cpu"), torch.bfloat16)
     assert peak is None and "no native bf16" in note and "\n" not in note
@@ -139,3 +139,21 @@ def test_train_without_mfu_probes_nothing(char_dataset, tmp_path, monkeypatch, c
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("tokens_per_s" in r for r in records) and not any("mfu" in r for r in records)
     assert "MFU" not in capsys.readouterr().out
+
+
+def test_steady_probe_is_the_best_sustained_round_and_says_how(monkeypatch):
+    """The bench's probe: FLOPs of back-to-back products over their wall time, best round of any size."""
+    clock = iter(x * 0.01 for x in range(100_000))
+    monkeypatch.setattr(flops.time, "perf_counter", lambda: next(clock))  # every product takes 10 ms
+    peak = flops.steady_matmul_peak(torch.float32, sizes=(16, 32), seconds=0.06, rounds=3)
+    assert peak == pytest.approx(2 * 32**3 / 0.01)  # the larger size's rate: 2 n^3 FLOPs per 10 ms
+    how = flops.describe_steady_probe()
+    assert "1024/2048/4096" in how and "3 rounds of 0.67 s" in how and "sustained" in how
+
+
+def test_steady_probe_measures_for_real_and_leaves_the_random_stream_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert flops.steady_matmul_peak(torch.float32, sizes=(64,), seconds=0.03, rounds=3) > 1e6
+    assert torch.equal(torch.rand(3), expected)

@@ -77,3 +77,40 @@ def test_the_model_and_trainer_import_no_lessons():
             "print([m for m in sys.modules if m.startswith('minigpt.lessons')])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def is_core(module: str) -> bool:
+    return not module.startswith(("minigpt.tools", "minigpt.lessons"))
+
+
+def test_no_core_module_imports_the_tools():
+    """The tools stand on the core, never the reverse: FLOPs, the parameter table and the CPU's flags are
+    core modules (minigpt.flops, minigpt.params, minigpt.runtime) that train.py's loop uses."""
+    g = graph()
+    assert "minigpt.tools.params" in g and "minigpt.flops" in g["minigpt.tools.params"]  # the graph is really read
+    back = {m: sorted(n for n in deps if not is_core(n)) for m, deps in g.items() if is_core(m)}
+    assert not {m: deps for m, deps in back.items() if deps}
+    assert {"minigpt.flops", "minigpt.params"} <= g["minigpt.trainer"]  # what the loop needs, from the core
+
+
+def test_is_core_and_the_graph_see_a_function_local_import():
+    assert is_core("minigpt.trainer") and not is_core("minigpt.tools.bench") and not is_core("minigpt.lessons.attention")
+    f = PKG / "optim.py"
+    assert "minigpt.runtime" in imports_of(f)  # optim's bf16 check is imported inside a function
+
+
+def test_the_package_never_imports_the_benchmarks():
+    """benchmarks/ is a checkout folder, not in the wheel: the package only finds it at run time (tools/bench.py)."""
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            assert not any(n.split(".")[0] == "benchmarks" for n in names), path
+
+
+def test_model_has_no_device_cpu_or_compile_branch():
+    """model.py reads as the lectures' model: the device-, CPU- and compile-specific fast paths live in
+    minigpt/kernels.py, each beside the reference it is tested against."""
+    source = (PKG / "model.py").read_text()
+    for fragment in ("is_compiling", "device.type", '"cpu"', "'cpu'"):
+        assert fragment not in source, f"minigpt/model.py has a device/compile branch: {fragment}"

@@ -22,9 +22,17 @@ all embeddings instead, which undercounts small models whose LM head is a large 
 
 MFU = (FLOPs per token x tokens per second) / peak FLOP/s, never shown above 100%. Peaks: a table of
 dense bf16 tensor-core figures for common GPUs (as nanoGPT uses the A100's 312 TFLOP/s whatever the
-precision), and on a CPU the best rate of a large matmul in the training dtype, probed in the same run
-(about half a second; never cached, so a peak measured under another load cannot outlive it). bf16 is
-not probed on a CPU without native bf16: emulated, it runs at ~1 GFLOP/s and the probe would take minutes.
+precision), and on a CPU the rate of a large matmul in the training dtype, probed in the same run and
+never cached, so a peak measured under another load cannot outlive it. Two probes:
+
+- `matmul_peak`, train.py's: about half a second at start-up (every run pays for it), the fastest
+  single product at two sizes. Quick, and only as steady as the machine is quiet.
+- `steady_matmul_peak`, the bench's: the best *sustained* rate (FLOPs of back-to-back products over
+  their wall time) of 1024, 2048 and 4096 squares, three rounds of ~0.7 s each per size after a
+  warm-up: seconds per dtype, steady to a few percent, so the bench's MFU measures the step, not the probe.
+
+bf16 is not probed on a CPU without native bf16: emulated, it is ~100x slower than fp32 and the probe
+would take minutes.
 """
 
 from __future__ import annotations
@@ -36,8 +44,8 @@ import time
 
 import torch
 
-from .. import runtime
-from ..model import GPTConfig
+from . import runtime
+from .model import GPTConfig
 
 # Dense (no sparsity) bf16 tensor-core peaks in FLOP/s, from the vendors' datasheets. Matched against
 # torch.cuda.get_device_name() in this order, so the more specific names come first. V100 and T4 have
@@ -85,7 +93,7 @@ def inference_flops_per_token(n: int, config: GPTConfig, T: int | None = None) -
 
 def model_flops_per_token(model: torch.nn.Module, T: int | None = None) -> int:
     """Training FLOPs per token of a GPT module, from its parameter count (`parameters()` lists a tied
-    tensor once) and config; no table of minigpt.tools.params needed, so that module may import this one."""
+    tensor once) and config; no table of minigpt.params needed, so that module may import this one."""
     n_params = sum(p.numel() for p in model.parameters())
     tied = model.lm_head.weight is model.transformer.wte.weight
     return train_flops_per_token(matmul_params(n_params, model.config, tied), model.config, T)
@@ -113,14 +121,13 @@ _said_under_measured: set[float] = set()
 def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo (or lscpu) names it, with the vector extensions that decide its
     matmul speed (AMX, AVX512-BF16, AVX-512, AVX2): two machines with one name can differ there."""
-    name, flags = "", set()
+    name = ""
     try:
         for line in open("/proc/cpuinfo"):
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not name:
+            if key.strip() == "model name":
                 name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+                break
     except OSError:
         pass
     if not name:
@@ -130,17 +137,12 @@ def cpu_name() -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     name = name or platform.processor() or "unknown CPU"
+    flags = runtime.cpu_flags()
     isa = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
     return f"{name} ({', '.join(isa)})" if isa else name
 
 
-def cpu_bf16_native() -> bool:
-    """Whether bf16 matmuls run natively on this CPU (oneDNN's check: AVX-512 or AMX or Arm bf16). Without
-    it they are emulated at ~1 GFLOP/s (AVX2-only CPUs), which makes bf16 pointless to probe or to train in."""
-    return runtime._cpu_has_bf16()
-
-
-PROBE_SECONDS = 0.5  # shorter probes in a fresh process under-measured (0.15 s: 101 of ~185 GFLOP/s)
+PROBE_SECONDS = 0.5  # much shorter probes under-measure in a fresh process (threads and caches still cold)
 
 
 def probe_size(seconds_at, budget: float = PROBE_SECONDS, largest: int = 2048) -> int:
@@ -158,8 +160,8 @@ def matmul_peak(dtype: torch.dtype, seconds: float = PROBE_SECONDS, largest: int
     ceiling MFU is measured against. Probed in the run that uses it, never cached, so a figure taken
     under another load cannot outlive it.
 
-    Warm-ups first: AMX (bf16 on recent Xeons) ran at a third of its speed on its first calls here,
-    which made every MFU off by 3x."""
+    Warm-ups first: AMX (bf16 on recent Xeons) runs far below its speed on its first calls, which would
+    make every MFU off by that factor."""
     g = torch.Generator().manual_seed(0)  # its own generator: probing must not move training's random stream
 
     def pair(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,8 +175,8 @@ def matmul_peak(dtype: torch.dtype, seconds: float = PROBE_SECONDS, largest: int
 
     seconds_at(256)  # first call: library start-up
     n = probe_size(seconds_at, seconds, largest)
-    # The largest size is not always the fastest (bf16 on a Zen 4 here: 439 GFLOP/s at 1024, 415 at 2048),
-    # and a peak measured low over-states every MFU: the best of n / 2 and n, half the time each.
+    # The largest size is not always the fastest (bf16 on some CPUs peaks at 1024), and a peak measured low
+    # over-states every MFU: the best of n / 2 and n, half the time each.
     best = 0.0
     for size in sorted({max(256, n // 2), n}):
         a, b = pair(size)
@@ -191,10 +193,45 @@ def matmul_peak(dtype: torch.dtype, seconds: float = PROBE_SECONDS, largest: int
     return best
 
 
+STEADY_SIZES = (1024, 2048, 4096)
+
+
+def steady_matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = STEADY_SIZES, seconds: float = 2.0,
+                       rounds: int = 3) -> float:
+    """The best sustained FLOP/s of square matmuls in `dtype`: for each size, a warm-up, then `rounds`
+    rounds of back-to-back products for `seconds / rounds` each; a round's rate is its FLOPs over its wall
+    time (not its fastest call), the result the best round of any size. Seconds per dtype: the bench's
+    probe, steadier than `matmul_peak` because no single lucky or unlucky call decides it."""
+    g = torch.Generator().manual_seed(0)  # its own generator: probing must not move anyone's random stream
+    best, per_round = 0.0, seconds / rounds
+
+    def sustained(a: torch.Tensor, b: torch.Tensor, n: int, duration: float) -> float:
+        k, t0 = 0, time.perf_counter()
+        while True:
+            a @ b
+            k += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= duration:
+                return 2 * n**3 * k / elapsed
+
+    for n in sizes:
+        a, b = torch.randn(n, n, generator=g, dtype=dtype), torch.randn(n, n, generator=g, dtype=dtype)
+        sustained(a, b, n, per_round / 2)  # warm-up: thread pool, caches, the matrix units' first calls
+        for _ in range(rounds):
+            best = max(best, sustained(a, b, n, per_round))
+    return best
+
+
+def describe_steady_probe(sizes: tuple[int, ...] = STEADY_SIZES, seconds: float = 2.0, rounds: int = 3) -> str:
+    """How `steady_matmul_peak` probed, in words for a table's header."""
+    return (f"best sustained rate of back-to-back {'/'.join(map(str, sizes))} square matmuls, {rounds} rounds of "
+            f"{seconds / rounds:.2g} s per size after a warm-up")
+
+
 def cpu_peak(dtype: torch.dtype) -> tuple[float | None, str]:
     """(FLOP/s or None, what it is): the CPU matmul peak in `dtype`, probed now; None for an emulated bf16."""
     threads = f"{torch.get_num_threads()} threads"
-    if dtype is torch.bfloat16 and not cpu_bf16_native():
+    if dtype is torch.bfloat16 and not runtime.cpu_bf16_native():
         return None, (f"{cpu_name()}, {threads}: no bf16 peak, this CPU has no native bf16 (AVX-512 or AMX) "
                       "and emulated bf16 is not worth measuring; MFU not reported")
     peak = matmul_peak(dtype)
@@ -213,7 +250,7 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float | None,
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak(name)
         if peak is None:
-            return None, f"{name} is not in minigpt.tools.flops.GPU_PEAKS; MFU not reported"
+            return None, f"{name} is not in minigpt.flops.GPU_PEAKS; MFU not reported"
         return peak, f"{name}, {peak / 1e12:,.0f} TFLOP/s dense bf16 (datasheet)"
     if device.type == "cpu":
         return cpu_peak(dtype)
