@@ -1,15 +1,7 @@
-"""Pretrain a GPT: `python train.py [CONFIG.toml] [--key=value ...]` (see --help for every setting)."""
+"""Pretrain a GPT: `python train.py [CONFIG.toml] [--key=value ...]`, the same as `python -m minigpt train`."""
 
-from minigpt.config import parse_cli, train_sections
 from minigpt.errors import run_cli
-from minigpt.trainer import process_start, train
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_cli(argv, train_sections(), "python train.py", __doc__.splitlines()[0])
-    train(cfg, launched=process_start())  # a --max_minutes budget counts start-up too
-    return 0
-
+from minigpt.trainer import main
 
 if __name__ == "__main__":
     run_cli(main)

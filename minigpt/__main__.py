@@ -1,7 +1,7 @@
-"""`python -m minigpt COMMAND [SETTINGS]`: every tool of the package behind one entry point.
+"""`python -m minigpt COMMAND [SETTINGS]`: every command of the package behind one entry point.
 
-Each command parses its settings with the one parser (`--key=value`, `--help`), like train.py,
-sample.py and data/prepare.py do.
+Each command parses its settings with the one parser (`--key=value` or `--key value`, `--help`).
+train.py, sample.py and data/prepare.py are aliases of `train`, `sample` and `prepare`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import sys
 from .errors import run_cli
 
 COMMANDS = {  # name: (module with main(argv), what it does)
+    "train": ("minigpt.trainer", "pretrain a GPT, or fine-tune one with --model (also: python train.py)"),
+    "sample": ("minigpt.sample", "sample text from a checkpoint or GPT-2 (also: python sample.py)"),
+    "prepare": ("minigpt.prepare", "tokenize a corpus into a sharded dataset (also: python data/prepare.py)"),
     "params": ("minigpt.tools.params", "parameter, memory and FLOP tables of a preset, config file or checkpoint"),
     "evaluate": ("minigpt.tools.evaluate", "loss, perplexity and bits per byte of a checkpoint over a whole split"),
     "attention": ("minigpt.tools.attention_maps", "what every head of a checkpoint or GPT-2 attends to, as a PNG"),
@@ -26,7 +29,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = [f"  {name.ljust(width)}  {about}" for name, (_, about) in COMMANDS.items()]
     return "\n".join(["usage: python -m minigpt COMMAND [--key=value ...]   (COMMAND --help for its settings)", "",
-                      *rows, "", "Also: python train.py, python sample.py, python data/prepare.py"])
+                      *rows])
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from . import distributed, hf, quant, runtime
+from .config import on_weights
 from .errors import UserError
 from .fileio import atomic_open
 from .model import GPT, GPTConfig
@@ -123,7 +124,7 @@ def find(path_or_dir: str | Path) -> Path:
         p = p / "ckpt.pt"
     if not p.is_file():
         raise UserError(f"no checkpoint at {p}; train one with `python train.py --out_dir={Path(path_or_dir)}` "
-                        f"or pass --out_dir pointing at a folder holding ckpt.pt")
+                        f"or pass --model pointing at a folder holding ckpt.pt")
     return p
 
 
@@ -139,7 +140,7 @@ def load(path_or_dir: str | Path, map_location: str | torch.device = "cpu", mmap
                         f"use another checkpoint or train again") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{p} is not a minigpt checkpoint (no '{FORMAT}' marker); "
-                        f"load GPT-2 weights with --init_from instead, or train a model with train.py")
+                        f"load GPT-2 weights with --model=gpt2 (or a Hugging Face folder) instead, or train a model with train.py")
     if state.get("version", 0) > VERSION:
         raise UserError(f"{p} was written by a newer minigpt (checkpoint version {state['version']}); upgrade minigpt")
     return state
@@ -183,19 +184,32 @@ class Header:
 GPT2_TOKENIZER = {"kind": "tiktoken", "name": "gpt2"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What a `--model=SOURCE` names, resolved."""
+
+    kind: str  # "checkpoint" (a minigpt checkpoint file) or "gpt2" (an OpenAI name or a local HF folder)
+    path: str  # the checkpoint file; the GPT-2 name or folder
+
+
+def resolve(source: str | Path) -> Source:
+    """The one reading of `--model=SOURCE`, for every command that reads a model: an existing folder holding
+    ckpt.pt or a .pt file is a checkpoint; a folder with config.json (and no ckpt.pt) Hugging Face GPT-2
+    weights; gpt2, gpt2-medium, gpt2-large or gpt2-xl (when no such path exists) OpenAI's weights."""
+    s, p = str(source), Path(source)
+    if s in hf.GPT2_NAMES and not p.exists():
+        return Source("gpt2", s)
+    if p.is_dir() and (p / "config.json").is_file() and not (p / "ckpt.pt").is_file():
+        return Source("gpt2", s)
+    if s and p.exists():
+        return Source("checkpoint", str(find(p)))
+    raise UserError(f"{f'no model at {s}' if s else '--model is empty'}: give --model a checkpoint folder or .pt "
+                    f"file (train one with `python train.py --out_dir={s or 'out'}`), a GPT-2 name "
+                    f"({', '.join(hf.GPT2_NAMES)}) or a local Hugging Face GPT-2 folder")
+
+
 def _is_gpt2(source: str | Path) -> bool:
-    """True for OpenAI's names and for Hugging Face folders (config.json and no ckpt.pt); a checkpoint otherwise."""
-    p = Path(source)
-    if str(source) in hf.GPT2_NAMES and not p.exists():
-        return True
-    return p.is_dir() and (p / "config.json").is_file() and not (p / "ckpt.pt").is_file()
-
-
-def _check_exists(source: str | Path) -> None:
-    if not Path(source).exists():
-        raise UserError(f"no model at {source}: give a checkpoint folder or .pt file (train one with "
-                        f"`python train.py --out_dir={source}`), a GPT-2 name ({', '.join(hf.GPT2_NAMES)}) or a local "
-                        f"Hugging Face GPT-2 folder")
+    return resolve(source).kind == "gpt2"
 
 
 def read_header(source: str | Path) -> Header:
@@ -203,7 +217,6 @@ def read_header(source: str | Path) -> Header:
     are memory-mapped and never read; a GPT-2 name is still downloaded on first use)."""
     if _is_gpt2(source):
         return Header(hf.read_config(hf.locate(str(source))), GPT2_TOKENIZER, f"GPT-2 weights {source}")
-    _check_exists(source)
     state = load(source, mmap=True)
     return Header(_model_config(state["model_config"]), state["tokenizer"], _describe(source, state))
 
@@ -224,7 +237,6 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", *, config
         own, weights = hf.read(str(source))
         model = _build(own, weights, config, str(source))
         return Loaded(model.to(device).eval(), tokenizers.from_spec(GPT2_TOKENIZER), None, f"GPT-2 weights {source}")
-    _check_exists(source)
     state = load(source)
     model = build_model(state, device, config).eval()
     return Loaded(model, tokenizers.from_spec(state["tokenizer"]), state, _describe(source, state))
@@ -251,14 +263,7 @@ def _describe(source: str | Path, state: dict) -> str:
 def _build(own: GPTConfig, weights: dict[str, torch.Tensor], config: GPTConfig | None, where: str) -> GPT:
     """GPT(config or own) holding `weights`, which were trained as `own`."""
     if config is not None:
-        fixed = [k for k in own.__dataclass_fields__ if k not in ("block_size", "dropout")
-                 and getattr(config, k) != getattr(own, k)]
-        if fixed:
-            raise UserError(f"{where} has {', '.join(f'{k}={getattr(own, k)!r}' for k in fixed)}; a model built on "
-                            f"its weights must keep those (only block_size and dropout may change)")
-        if config.block_size > own.block_size:
-            raise UserError(f"block_size={config.block_size} is longer than the context of {where} "
-                            f"({own.block_size}); use block_size <= {own.block_size}")
+        on_weights(own, dataclasses.asdict(config), where)  # the one rule for what may change on given weights
         wpe = "transformer.wpe.weight"
         if wpe in weights:  # the first positions are the ones a shorter context uses
             weights = {**weights, wpe: weights[wpe][: config.block_size]}

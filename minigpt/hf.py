@@ -42,7 +42,7 @@ def locate(source: str) -> Path:
         return _download(source)
     if Path(source).is_dir():
         return Path(source)
-    raise UserError(f"unknown init_from '{source}'; use 'resume' (out_dir's checkpoint), {', '.join(GPT2_NAMES)} "
+    raise UserError(f"unknown model '{source}'; use a checkpoint, {', '.join(GPT2_NAMES)} "
                     f"or a folder holding a Hugging Face GPT-2 (config.json + model.safetensors)")
 
 
@@ -63,13 +63,13 @@ def _download(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise UserError(f"--init_from={name} needs the optional Hugging Face packages: pip install -e '.[hf]'") from None
+        raise UserError(f"--model={name} needs the optional Hugging Face packages: pip install -e '.[hf]'") from None
     try:
         return Path(snapshot_download(f"openai-community/{name}", allow_patterns=["config.json", "*.safetensors",
                                                                                    "*.safetensors.index.json"]))
     except Exception as e:  # offline, hub down, no disk space: all the same to the user
         raise UserError(f"could not fetch {name} from the Hugging Face hub ({type(e).__name__}); without network, "
-                        f"pass --init_from=PATH to a local folder holding config.json and model.safetensors") from None
+                        f"pass --model=PATH to a local folder holding config.json and model.safetensors") from None
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -94,7 +94,7 @@ def config_from_hf(hf: dict, where: str | Path = "the config") -> GPTConfig:
     """Our GPTConfig for a Hugging Face GPT2Config dict; anything GPT-2-like we cannot express is refused."""
     kind = hf.get("model_type")
     if kind != "gpt2":
-        raise UserError(f"{where} holds a '{kind}' model, not GPT-2; --init_from takes GPT-2 checkpoints only")
+        raise UserError(f"{where} holds a '{kind}' model, not GPT-2; --model takes Hugging Face GPT-2 folders only")
     act = hf.get("activation_function", "gelu_new")
     n_embd = hf.get("n_embd", 768)
     unsupported = {

@@ -14,38 +14,34 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .settings import check, opt
+
 
 @dataclass
 class GPTConfig:
-    block_size: int = field(default=128, metadata={"help": "longest sequence the model sees (context length)"})
-    vocab_size: int = field(default=50257, metadata={"help": "set from the tokenizer when training on a dataset"})
-    n_layer: int = field(default=4, metadata={"help": "number of transformer blocks"})
-    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
-    n_embd: int = field(default=192, metadata={"help": "embedding width C"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights, residual branches and embeddings"})
-    bias: bool = field(default=False, metadata={"help": "biases in Linear layers and LayerNorms (GPT-2 has them)"})
-    activation: str = field(default="gelu", metadata={"help": "MLP nonlinearity: 'gelu' (exact) or 'gelu_tanh' "
-                                                                "(the tanh approximation OpenAI's GPT-2 uses)"})
+    block_size: int = opt(128, "longest sequence the model sees (context length)", range="[1, inf)")
+    vocab_size: int = opt(50257, "set from the tokenizer when training on a dataset", range="[1, inf)")
+    n_layer: int = opt(4, "number of transformer blocks", range="[1, inf)")
+    n_head: int = opt(4, "attention heads per block", range="[1, inf)")
+    n_embd: int = opt(192, "embedding width C (a multiple of n_head)", range="[1, inf)")
+    dropout: float = opt(0.0, "dropout on attention weights, residual branches and embeddings", range="[0, 1)")
+    bias: bool = opt(False, "biases in Linear layers and LayerNorms (GPT-2 has them)")
+    activation: str = opt("gelu", "MLP nonlinearity: 'gelu' (exact) or 'gelu_tanh' (the tanh approximation "
+                                  "OpenAI's GPT-2 uses)", choices=("gelu", "gelu_tanh"))
 
     def __post_init__(self):
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        check(self)  # each field against its declaration (minigpt.settings)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"pick n_embd as a multiple of n_head"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise ValueError(f"activation must be 'gelu' or 'gelu_tanh', got '{self.activation}'")
 
 
 class KVCache:

@@ -1,4 +1,4 @@
-"""Sample text from a trained checkpoint or GPT-2's weights, the logic behind sample.py."""
+"""Sample text from a trained checkpoint or GPT-2's weights: `python -m minigpt sample` (and sample.py)."""
 
 from __future__ import annotations
 
@@ -7,33 +7,38 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .config import RuntimeConfig, SampleConfig
-from .errors import UserError
+from .config import SAMPLE_SECTIONS, RuntimeConfig, SampleConfig, parse_cli
+from .errors import UserError, run_cli
 from .generate import Sampling, compile_step, decode_steps
 
 
 def read_prompt(start: str) -> str:
-    if start.startswith("FILE:"):
-        path = Path(start[5:])
-        if not path.is_file():
-            raise UserError(f"prompt file {path} does not exist; pass --start=FILE:path with an existing file")
-        return path.read_text(encoding="utf-8")
-    return start
+    """The prompt: `start` itself, or with FILE:path the text of a UTF-8 file (a file that is not UTF-8 or is
+    empty is refused in one line: a prompt read with the wrong encoding would be silently wrong text)."""
+    if not start.startswith("FILE:"):
+        return start
+    path = Path(start[5:])
+    if not path.is_file():
+        raise UserError(f"prompt file {path} does not exist; pass --start=FILE:path with an existing file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt file {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); save "
+                        f"it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path} > prompt.txt`") from None
+    if not text:
+        raise UserError(f"prompt file {path} is empty; write the prompt into it, or pass --start=TEXT "
+                        f"(--start='' starts from the end-of-text token)")
+    return text
 
 
 def check_settings(cfg: SampleConfig) -> Sampling:
-    """The sampling settings of the command line, or one clear error naming the bad flag."""
-    if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
-        raise UserError("--max_new_tokens must be >= 0 and --num_samples >= 1")
+    """The sampling settings as one object, or one clear error naming the bad flag. (Each setting's range is
+    declared in config.SampleConfig; Sampling checks again for callers that build it in code.)"""
     try:
         return Sampling(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
     except ValueError as e:  # Sampling's messages start with the setting's name
         raise UserError(f"--{e}") from None
-
-
-def source_of(cfg: SampleConfig) -> str:
-    """What to load: out_dir's checkpoint for init_from=resume, else init_from (a GPT-2 name or a path)."""
-    return cfg.out_dir if cfg.init_from == "resume" else cfg.init_from
 
 
 class TextDecoder:
@@ -90,9 +95,9 @@ def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
     """Draw `num_samples` continuations of the prompt as one batch; prints them and returns them.
     With `cfg.stream`, the first sample is printed as it is generated."""
     sampling = check_settings(cfg)
-    loaded, rt = checkpoint.load_for_inference(source_of(cfg), rc, cfg.quantize)
+    prompt = read_prompt(cfg.start)  # before the slow load: a bad prompt file is said at once
+    loaded, rt = checkpoint.load_for_inference(cfg.model, rc, cfg.quantize)
     model, tok, device = loaded.model, loaded.tokenizer, rt.device
-    prompt = read_prompt(cfg.start)
     ids = tok.encode(prompt)
     if not ids:
         if tok.eot_id is not None:
@@ -138,3 +143,14 @@ def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
         print("---------------")
         results.append(prompt + text.text)
     return results
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(argv, SAMPLE_SECTIONS, "python -m minigpt sample",
+                    "Sample from a trained model or GPT-2: --model=SOURCE [--start=TEXT | --start=FILE:path] ...")
+    sample(cfg.sample, cfg.runtime)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

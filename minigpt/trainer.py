@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from . import checkpoint, distributed, runtime
+from . import checkpoint, distributed, runtime, settings
 from .tools import flops, params
-from .config import Config, TrainConfig, model_config
+from .config import Config, TrainConfig, model_config, parse_cli, train_sections
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
 from .model import GPT, GPTConfig, lm_loss
@@ -100,26 +100,21 @@ class Run:
 # ---- setting a run up ------------------------------------------------------------------------------
 
 def check_settings(t: TrainConfig, world: distributed.World) -> int:
-    """Refuse settings that cannot work; returns the micro-batches per optimizer step on each rank."""
-    for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
-        if getattr(t, name) < 1:
-            raise UserError(f"{name} must be a positive integer, got {getattr(t, name)}")
-    if t.max_iters < 0 or t.keep_last < 0:
-        raise UserError("max_iters and keep_last must be >= 0")
-    if t.on_nan not in ("stop", "skip"):
-        raise UserError(f"on_nan must be 'stop' or 'skip', got '{t.on_nan}'")
-    if t.lr_schedule not in ("cosine", "wsd"):
-        raise UserError(f"lr_schedule must be 'cosine' or 'wsd', got '{t.lr_schedule}'")
-    if t.lr_schedule == "wsd" and not 0 <= t.cooldown_iters <= t.lr_decay_iters - t.warmup_iters:
+    """Refuse settings that cannot work together; returns the micro-batches per optimizer step on each rank.
+    Each setting's own choices and range are declared with it (config.TrainConfig) and checked there."""
+    try:
+        settings.check(t)  # the parser did; a TrainConfig built in code is checked here
+    except ValueError as e:
+        raise UserError(f"invalid train settings: {e}") from None
+    if t.lr_schedule == "wsd" and not t.cooldown_iters <= t.lr_decay_iters - t.warmup_iters:
         raise UserError(f"cooldown_iters ({t.cooldown_iters}) must fit between warmup_iters ({t.warmup_iters}) and "
                         f"lr_decay_iters ({t.lr_decay_iters})")
-    if t.optimizer not in ("adamw", "muon"):
-        raise UserError(f"optimizer must be 'adamw' or 'muon', got '{t.optimizer}'")
     if t.optimizer == "muon" and t.fsdp:
         raise UserError("--optimizer=muon orthogonalises whole matrices, which FSDP shards; train with DDP "
                         "(--fsdp=false) or with --optimizer=adamw")
-    if t.init_from == "resume":
-        raise UserError("--init_from=resume is now --resume (continue out_dir/ckpt.pt)")
+    if t.model == "resume":
+        raise UserError("--model=resume: continue out_dir's checkpoint with --resume; --model names weights to "
+                        "start a fresh run from")
     if t.fsdp and not world.distributed:
         raise UserError("--fsdp=true needs several processes; launch with torchrun --nproc_per_node=N")
     n = world.world_size
@@ -159,9 +154,9 @@ def initial_state(t: TrainConfig, dataset: TokenDataset, out_dir: Path) -> dict 
             raise UserError(f"the checkpoint in {out_dir} was trained with a different tokenizer than dataset "
                             f"{dataset.path}; resume on the dataset it was trained on")
         return state
-    if t.eval_only and t.init_from == "scratch":
+    if t.eval_only and not t.model:
         raise UserError(f"--eval_only evaluates a trained model, and {out_dir} holds no checkpoint; point --out_dir "
-                        f"at a training run, or pass --init_from=gpt2 to evaluate GPT-2's weights")
+                        f"at a training run, or pass --model=gpt2 (or another model) to evaluate its weights")
     if ckpt.is_file() and not t.overwrite and not t.eval_only:
         raise UserError(f"{out_dir} already holds a checkpoint; continue it with --resume, replace it with "
                         f"--overwrite, or choose another --out_dir")
@@ -174,19 +169,19 @@ def build_model(cfg: Config, dataset: TokenDataset, state: dict | None) -> GPT:
     if state is not None:
         mcfg = model_config(cfg, vocab_size=dataset.vocab_size, resumed=GPTConfig(**state["model_config"]))
         return GPT(mcfg)  # its weights are loaded with the rest of the state
-    if t.init_from == "scratch":
+    if not t.model:
         return GPT(model_config(cfg, vocab_size=dataset.vocab_size))
-    header = checkpoint.read_header(t.init_from)  # GPT-2 name or folder, or a checkpoint; unknown ones refused
+    header = checkpoint.read_header(t.model)  # GPT-2 name or folder, or a checkpoint; unknown ones refused
     spec = dataset.meta["tokenizer"]
     if header.tokenizer != spec:
         def name(s: dict) -> str:
             return s.get("name", s.get("kind"))
 
-        raise UserError(f"--init_from={t.init_from} was trained with the {name(header.tokenizer)} tokenizer, but "
+        raise UserError(f"--model={t.model} was trained with the {name(header.tokenizer)} tokenizer, but "
                         f"dataset {dataset.path} was prepared with {name(spec)}; prepare it with "
                         f"`python data/prepare.py SOURCE --tokenizer={name(header.tokenizer)}`")
-    mcfg = model_config(cfg, vocab_size=dataset.vocab_size, pretrained=header.config, pretrained_name=t.init_from)
-    return checkpoint.load_model(t.init_from, config=mcfg).model.train()
+    mcfg = model_config(cfg, vocab_size=dataset.vocab_size, pretrained=header.config, pretrained_name=header.description)
+    return checkpoint.load_model(t.model, config=mcfg).model.train()
 
 
 def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
@@ -234,8 +229,8 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
                                            train_state=run.state, world=world, fsdp=t.fsdp)
         run.say(f"resumed from {out_dir / 'ckpt.pt'} at iteration {run.state.iter_num} "
                 f"(best val loss {run.state.best_val_loss:.4f})" + (f"; note: {note}" if note else ""))
-    elif t.init_from != "scratch":
-        run.say(f"initialised from the weights of {t.init_from}")
+    elif t.model:
+        run.say(f"initialised from the weights of {t.model}")
     if rt.compile:
         run.step_model = torch.compile(step_model)
     return run
@@ -527,3 +522,11 @@ def _stop_signals():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m minigpt train` (and train.py): parse the settings, train."""
+    cfg = parse_cli(argv, train_sections(), "python -m minigpt train",
+                    "Pretrain or fine-tune a GPT: [CONFIG.toml] [--key=value ...] (docs/train.md)")
+    train(cfg, launched=process_start())  # a --max_minutes budget counts start-up too
+    return 0

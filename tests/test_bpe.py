@@ -100,7 +100,7 @@ def test_cli_train_then_prepare_then_train(tmp_path, corpus_file):
     out.unlink()  # the tokenizer file is gone: the checkpoint alone must do
     state = torch.load(tmp_path / "run" / "ckpt.pt", map_location="cpu", weights_only=False)
     assert state["tokenizer"] == trained.spec()
-    proc = run("sample.py", f"--out_dir={tmp_path / 'run'}", "--max_new_tokens=5", "--num_samples=1", "--device=cpu")
+    proc = run("sample.py", f"--model={tmp_path / 'run'}", "--max_new_tokens=5", "--num_samples=1", "--device=cpu")
     assert "Traceback" not in proc.stderr
     bad = run("-m", "minigpt", "bpe", f"--input={corpus_file}", "--vocab_size=100", f"--out={out}", check=False)
     assert bad.returncode == 2 and "257" in bad.stderr and "Traceback" not in bad.stderr

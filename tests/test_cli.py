@@ -35,7 +35,7 @@ def test_train_logs_param_table_and_saves(trained):
 
 def test_sample_is_deterministic_for_a_seed(trained):
     tmp, out, _ = trained
-    args = ("sample.py", f"--out_dir={out}", "--start=First", "--num_samples=2", "--max_new_tokens=30", "--seed=3")
+    args = ("sample.py", f"--model={out}", "--start=First", "--num_samples=2", "--max_new_tokens=30", "--seed=3")
     a, b = run(*args).stdout, run(*args).stdout
     assert a == b and a.count("First") >= 2
     c = run(*args[:-1], "--seed=4").stdout
@@ -54,7 +54,7 @@ def test_evaluate_whole_split(trained):
     from minigpt import checkpoint
 
     tmp, out, _ = trained
-    p = run("-m", "minigpt", "evaluate", f"--out_dir={out}", "--device=cpu", "--dtype=float32")
+    p = run("-m", "minigpt", "evaluate", f"--model={out}", "--device=cpu", "--dtype=float32")
     printed = re.search(r"([\d,]+) tokens predicted.*\nloss ([\d.]+)  perplexity ([\d.]+)  bits per byte ([\d.]+)",
                         p.stdout)
     n_printed, loss_printed, ppl_printed, bpb_printed = printed.groups()
@@ -78,16 +78,16 @@ def test_evaluate_whole_split(trained):
 
 def test_long_prompt_is_cropped_with_a_note(trained):
     tmp, out, _ = trained
-    p = run("sample.py", f"--out_dir={out}", "--start=" + "Speak, speak. " * 10, "--max_new_tokens=5", "--num_samples=1")
+    p = run("sample.py", f"--model={out}", "--start=" + "Speak, speak. " * 10, "--max_new_tokens=5", "--num_samples=1")
     assert "using its last 32" in p.stdout
 
 
 @pytest.mark.parametrize("args,needle", [
     (["train.py", "--dataset=nope", "--preset=tiny"], "python data/prepare.py nope"),
     (["train.py", "--n_layr=2"], "did you mean n_layer"),
-    (["train.py", "--batch_size=big"], "batch_size must be int"),
+    (["train.py", "--batch_size=big"], "--batch_size must be an integer"),
     (["train.py", "--n_embd=10", "--n_head=3"], "divisible"),
-    (["sample.py", "--out_dir=/nonexistent/dir"], "no model at /nonexistent/dir"),
+    (["sample.py", "--model=/nonexistent/dir"], "no model at /nonexistent/dir"),
     (["sample.py", "--temperature=-1"], "temperature"),
     (["data/prepare.py", "/nonexistent/file.txt"], "neither"),
 ])
@@ -103,18 +103,18 @@ def test_checkpoint_errors(trained, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     torch.save({"model": {}}, foreign / "ckpt.pt")
-    p = run("sample.py", f"--out_dir={foreign}", check=False)
+    p = run("sample.py", f"--model={foreign}", check=False)
     assert p.returncode != 0 and "not a minigpt checkpoint" in p.stderr
     truncated = tmp_path / "trunc"
     truncated.mkdir()
     (truncated / "ckpt.pt").write_bytes((out / "ckpt.pt").read_bytes()[:5000])
-    p = run("sample.py", f"--out_dir={truncated}", check=False)
+    p = run("sample.py", f"--model={truncated}", check=False)
     assert p.returncode != 0 and "truncated or corrupt" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_unknown_prompt_character_and_small_dataset(trained, tmp_path):
     _, out, _ = trained
-    p = run("sample.py", f"--out_dir={out}", "--start=Zebra\u00e9", check=False)
+    p = run("sample.py", f"--model={out}", "--start=Zebra\u00e9", check=False)
     assert p.returncode != 0 and "not in this model's character vocabulary" in p.stderr
     (tmp_path / "small.txt").write_text("tiny text " * 5)
     run("data/prepare.py", str(tmp_path / "small.txt"), f"--out={tmp_path / 'small'}")

@@ -22,11 +22,11 @@ def test_unknown_key_suggests_the_closest():
 
 
 def test_wrong_type_names_key_and_type(tmp_path):
-    with pytest.raises(UserError, match="batch_size must be int"):
+    with pytest.raises(UserError, match="--batch_size must be an integer"):
         build_config(SECTIONS, overrides={"batch_size": "many"})
     f = tmp_path / "c.toml"
     f.write_text('dropout = "lots"\n')
-    with pytest.raises(UserError, match="c.toml: dropout must be float"):
+    with pytest.raises(UserError, match="c.toml: dropout must be a number"):
         build_config(SECTIONS, f)
 
 

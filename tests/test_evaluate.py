@@ -31,7 +31,7 @@ def test_bits_per_byte_leaves_out_the_first_tokens_bytes(char_dataset, tmp_path)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=16))
     checkpoint.save(tmp_path / "ckpt.pt", model, tok.spec(), dataset=str(char_dataset))
-    r = evaluate(EvalConfig(out_dir=str(tmp_path), batch_size=4), RuntimeConfig(device="cpu", dtype="float32", threads=1))
+    r = evaluate(EvalConfig(model=str(tmp_path), batch_size=4), RuntimeConfig(device="cpu", dtype="float32", threads=1))
     val = ds.splits["val"]
     assert r.tokens == len(val) - 1
     assert r.bytes == len(tok.decode([int(t) for t in val[1:]]).encode("utf-8"))

@@ -247,35 +247,35 @@ def char_ckpt(tmp_path, model):
 
 
 def test_sample_streams_batch_and_stops(char_ckpt, capsys):
-    texts = sample(SampleConfig(out_dir=str(char_ckpt), start="ab", num_samples=3, max_new_tokens=40,
+    texts = sample(SampleConfig(model=str(char_ckpt), start="ab", num_samples=3, max_new_tokens=40,
                                 temperature=1.0, top_p=0.9, stop=["e"]), CPU_RUN)
     out = capsys.readouterr().out
     assert len(texts) == 3 and all(t.startswith("ab") and "e" not in t[2:] for t in texts)
     assert out.count("---------------") == 3 and texts[1] in out
-    again = sample(SampleConfig(out_dir=str(char_ckpt), start="ab", num_samples=3, max_new_tokens=40,
+    again = sample(SampleConfig(model=str(char_ckpt), start="ab", num_samples=3, max_new_tokens=40,
                                 temperature=1.0, top_p=0.9, stop=["e"], stream=False), CPU_RUN)
     assert again == texts  # same seed, same text, streamed or not
 
 
 def test_empty_prompt_on_a_char_model_starts_from_a_newline(char_ckpt, capsys):
-    sample(SampleConfig(out_dir=str(char_ckpt), start="", num_samples=1, max_new_tokens=3), CPU_RUN)
+    sample(SampleConfig(model=str(char_ckpt), start="", num_samples=1, max_new_tokens=3), CPU_RUN)
     assert "starting from a newline" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kw,needle", [
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(temperature=-1.0), "temperature"),
-    (dict(start="FILE:/nonexistent/prompt.txt"), "does not exist"), (dict(init_from="gpt3"), "no model at gpt3"),
+    (dict(start="FILE:/nonexistent/prompt.txt"), "does not exist"), (dict(model="gpt3"), "no model at gpt3"),
     (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(top_k=-1), "top_k"),
 ])
 def test_bad_sample_settings_are_one_clear_error(char_ckpt, kw, needle):
     with pytest.raises(UserError, match=needle):
-        sample(SampleConfig(out_dir=str(char_ckpt), **kw), CPU_RUN)
+        sample(SampleConfig(model=str(char_ckpt), **kw), CPU_RUN)
 
 
 def test_not_gpt2_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(UserError, match="not GPT-2"):
-        sample(SampleConfig(init_from=str(tmp_path)), CPU_RUN)
+        sample(SampleConfig(model=str(tmp_path)), CPU_RUN)
 
 
 def test_non_ascii_characters_of_a_char_model_are_sampled_and_streamed(tmp_path, capsys):
@@ -283,7 +283,7 @@ def test_non_ascii_characters_of_a_char_model_are_sampled_and_streamed(tmp_path,
     likely = [5.0 if ch in "\u00e9\u2014" else 0.0 for ch in tok.chars]  # é and — are by far the likeliest
     m = constant_logits_model(likely)
     checkpoint.save(tmp_path / "ckpt.pt", m, tok.spec())
-    texts = sample(SampleConfig(out_dir=str(tmp_path), start="a\u00e9", num_samples=2, max_new_tokens=30,
+    texts = sample(SampleConfig(model=str(tmp_path), start="a\u00e9", num_samples=2, max_new_tokens=30,
                                 temperature=1.0, top_k=2), CPU_RUN)
     out = capsys.readouterr().out
     assert all(t.startswith("a\u00e9") and set(t[2:]) == {"\u00e9", "\u2014"} for t in texts)

@@ -88,11 +88,11 @@ def test_export_round_trip(tmp_path, bias):
 def test_export_cli_and_bad_format(tmp_path):
     tok = {"kind": "char", "chars": "abc"}
     checkpoint.save(tmp_path / "ckpt.pt", GPT(GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=8)), tok)
-    p = run("-m", "minigpt", "export", f"--out_dir={tmp_path}", "--to=hf", str(tmp_path / "out"))
+    p = run("-m", "minigpt", "export", f"--model={tmp_path}", "--to=hf", str(tmp_path / "out"))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "not GPT-2's" in p.stdout and config["vocab_size"] == 3 and config["eos_token_id"] is None
-    p = run("-m", "minigpt", "export", f"--out_dir={tmp_path}", "--to=onnx", str(tmp_path / "o2"), check=False)
-    assert p.returncode == 2 and "unknown export format" in p.stderr and "Traceback" not in p.stderr
+    p = run("-m", "minigpt", "export", f"--model={tmp_path}", "--to=onnx", str(tmp_path / "o2"), check=False)
+    assert p.returncode == 2 and "--to must be one of hf, got 'onnx'" in p.stderr and "Traceback" not in p.stderr
 
 
 @needs_gpt2
@@ -116,7 +116,7 @@ def test_sample_from_a_local_gpt2_folder(hf_folder, capsys):
     from minigpt.sample import sample
 
     folder, _ = hf_folder
-    texts = sample(SampleConfig(init_from=str(folder), start="", num_samples=2, max_new_tokens=8), RuntimeConfig(device="cpu"))
+    texts = sample(SampleConfig(model=str(folder), start="", num_samples=2, max_new_tokens=8), RuntimeConfig(device="cpu"))
     assert len(texts) == 2 and "end-of-text" in capsys.readouterr().out
 
 
@@ -151,7 +151,7 @@ def test_fine_tuning_starts_from_the_imported_weights(hf_folder, tmp_path, corpu
     folder, ref = hf_folder
     ds = tmp_path / "ds_gpt2"
     prepare_text(corpus_file.read_text(), ds, "gpt2")
-    args = {"dataset": str(ds), "init_from": str(folder), "max_iters": 0, "eval_iters": 1, "batch_size": 2,
+    args = {"dataset": str(ds), "model": str(folder), "max_iters": 0, "eval_iters": 1, "batch_size": 2,
             "block_size": 16, "device": "cpu", "plot": False, "out_dir": str(tmp_path / "out")}
     train(build_config(train_sections(), None, args))
     loaded = checkpoint.load_model(tmp_path / "out")

@@ -117,7 +117,7 @@ def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset
     model = GPT(GPTConfig(**{**PRESETS["tiny"], "vocab_size": 65}))
     checkpoint.save(tmp_path / "ckpt.pt", model, CharTokenizer("ab").spec())
     total = sum(p.numel() for p in model.parameters())
-    for argv in ([f"--out_dir={tmp_path}"], [str(tmp_path)], [str(tmp_path / "ckpt.pt")]):
+    for argv in ([f"--model={tmp_path}"], [str(tmp_path)], [str(tmp_path / "ckpt.pt")]):
         main([*argv, "--format=json"])
         assert json.loads(capsys.readouterr().out)["total"] == total
 
@@ -127,11 +127,11 @@ def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset
     (["--preset=gpt5"], "unknown preset 'gpt5'"),
     (["gpt2", "--format=xml"], "--format must be text or json"),
     (["gpt2", "--n_layr=3"], "did you mean n_layer"),
-    (["--out_dir=/nonexistent/ckpt"], "no model at"),
+    (["--model=/nonexistent/ckpt"], "no model at"),
     (["/nonexistent/ckpt"], "no model at"),
     (["/nonexistent/baby.toml"], "config file /nonexistent/baby.toml does not exist"),
     (["gpt2", "gpt3"], "unexpected argument 'gpt3'"),
-    (["gpt2", "--out_dir=out"], "give one model to count: 'gpt2' or --out_dir=out, not both"),
+    (["gpt2", "--model=out"], "give one model to count: 'gpt2' or --model=out, not both"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, msg):
     with pytest.raises(UserError, match=msg):

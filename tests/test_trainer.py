@@ -237,7 +237,7 @@ def test_a_preset_that_contradicts_the_checkpoint_is_refused(char_dataset, strai
 def test_checkpoint_names_its_dataset_by_absolute_path(char_dataset, tmp_path, straight):
     state = torch.load(straight / "ckpt.pt", weights_only=True)
     assert state["dataset"] == str(char_dataset.resolve())
-    p = run("-m", "minigpt", "evaluate", f"--out_dir={straight}", "--device=cpu", cwd=tmp_path)  # another folder
+    p = run("-m", "minigpt", "evaluate", f"--model={straight}", "--device=cpu", cwd=tmp_path)  # another folder
     assert "loss" in p.stdout
 
 

@@ -1,8 +1,8 @@
 """Attention maps: what every head of a trained checkpoint looks at, as a PNG grid and a printout.
 
-    python -m minigpt attention --out_dir=out --text="The cat sat on the mat" [--layer=L] [--head=H]
+    python -m minigpt attention --model=out --text="The cat sat on the mat" [--layer=L] [--head=H]
                                 [--token=WORD_OR_INDEX] [--top=3] [--out=attention.png]
-    python -m minigpt attention --init_from=gpt2 --text="..."    # OpenAI's GPT-2 (or a local HF folder)
+    python -m minigpt attention --model=gpt2 --text="..."    # OpenAI's GPT-2 (or a local HF folder)
 
 The model's own forward pass hands the masked softmax to SDPA, which never materialises the weights.
 `forward_with_attention` runs the same modules and weights with the softmax written out,
@@ -16,12 +16,13 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
 
 from .. import checkpoint
-from ..config import RuntimeConfig, opt, parse_cli
+from ..config import MODEL_HELP, RuntimeConfig, opt, parse_cli
 from ..errors import UserError, run_cli
 from ..fileio import save_png
 from ..model import GPT
@@ -29,16 +30,16 @@ from ..model import GPT
 
 @dataclass
 class AttentionConfig:
-    out_dir: str = opt("out", "folder holding the checkpoint (or a checkpoint file)")
-    init_from: str = opt("resume", "'resume' reads out_dir's checkpoint; else the model to look at: gpt2, gpt2-medium, "
-                                   "gpt2-large, gpt2-xl, a local Hugging Face GPT-2 folder or another checkpoint")
+    model: str = opt("out", MODEL_HELP)
     text: str = opt("", "the text to run through the model (at most block_size tokens)")
-    layer: int | None = opt(None, "draw only this layer (0-based); default all")
-    head: int | None = opt(None, "draw only this head (0-based); default all")
+    layer: int | None = opt(None, "draw only this layer (0-based); default all", range="[0, inf)")
+    head: int | None = opt(None, "draw only this head (0-based); default all", range="[0, inf)")
     token: str = opt("", "the token whose attention to print: a word of the text (its last token) or an index; "
                          "default the last token")
-    top: int = opt(3, "how many attended tokens to print per head")
+    top: int = opt(3, "how many attended tokens to print per head", range="[1, inf)")
     out: str = opt("attention.png", "where to write the PNG grid of heatmaps")
+
+    RENAMED: ClassVar[dict[str, str]] = {"out_dir": "model", "init_from": "model"}
 
 
 def check_attention_weights(model: GPT) -> None:
@@ -180,10 +181,7 @@ def main(argv: list[str]) -> int:
     cfg = both.attention
     if not cfg.text:
         raise UserError('--text is empty; pass the text to look at, as --text="The cat sat on the mat"')
-    if cfg.top < 1:
-        raise UserError(f"--top must be at least 1, got {cfg.top}")
-    loaded, rt = checkpoint.load_for_inference(cfg.out_dir if cfg.init_from == "resume" else cfg.init_from,
-                                               both.runtime)
+    loaded, rt = checkpoint.load_for_inference(cfg.model, both.runtime)
     model, tok, device = loaded.model, loaded.tokenizer, rt.device
     check_attention_weights(model)
     n_layer, n_head, block = model.config.n_layer, model.config.n_head, model.config.block_size

@@ -1,6 +1,6 @@
 """Exact evaluation: loss, perplexity and bits per byte over a whole split, in non-overlapping windows.
 
-    python -m minigpt evaluate --out_dir=out [--split=val] [--dataset=NAME] [--device=auto --dtype=auto]
+    python -m minigpt evaluate --model=out [--split=val] [--dataset=NAME] [--device=auto --dtype=auto]
 
 Every token of the split but the first is predicted once, from the tokens before it in its window.
 Bits per byte divide the summed loss (in bits) by the bytes of text those predicted tokens spell: the
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from tqdm import tqdm
 
 from .. import checkpoint
-from ..config import RuntimeConfig, opt, parse_cli
+from ..config import MODEL_HELP, RuntimeConfig, opt, parse_cli
 from ..data import TokenDataset, iter_windows, resolve_dataset
 from ..errors import UserError, run_cli
 from ..model import GPT, lm_loss
@@ -56,11 +57,14 @@ def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
 
 @dataclass
 class EvalConfig:
-    out_dir: str = opt("out", "the model: a checkpoint folder or file, a GPT-2 name or a local Hugging Face GPT-2 folder")
-    split: str = opt("val", "'train' or 'val'")
+    model: str = opt("out", MODEL_HELP)
+    split: str = opt("val", "the split to evaluate", choices=("train", "val"))
     dataset: str = opt("", "dataset to evaluate on; default: the one the checkpoint was trained on")
-    batch_size: int = opt(32, "windows per forward pass")
-    quantize: str = opt("none", "'int8': evaluate with weight-only int8 Linears (what quantizing costs), or 'none'")
+    batch_size: int = opt(32, "windows per forward pass", range="[1, inf)")
+    quantize: str = opt("none", "'int8': evaluate with weight-only int8 Linears (what quantizing costs), or 'none'",
+                        choices=("none", "int8"))
+
+    RENAMED: ClassVar[dict[str, str]] = {"out_dir": "model", "init_from": "model", "source": "model"}
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,7 @@ class Result:
 
 
 def evaluate(cfg: EvalConfig, rc: RuntimeConfig) -> Result:
-    if cfg.split not in ("train", "val"):
-        raise UserError(f"--split must be 'train' or 'val', got '{cfg.split}'")
-    loaded, rt = checkpoint.load_for_inference(cfg.out_dir, rc, cfg.quantize)
+    loaded, rt = checkpoint.load_for_inference(cfg.model, rc, cfg.quantize)
     trained_on = (loaded.state or {}).get("dataset", "")
     if not (cfg.dataset or trained_on):
         raise UserError(f"{loaded.description} does not name the dataset it was trained on; pass --dataset")

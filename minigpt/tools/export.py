@@ -1,4 +1,4 @@
-"""Export a checkpoint for other tools: `python -m minigpt export --out_dir=out --to=hf DIR`.
+"""Export a checkpoint for other tools: `python -m minigpt export --model=out --to=hf DIR`.
 
 `--to=hf` writes a Hugging Face GPT-2 folder (config.json + model.safetensors) that
 `transformers.GPT2LMHeadModel.from_pretrained(DIR)` loads and that gives the same logits as minigpt.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from .. import checkpoint, hf
 from ..config import opt, parse_cli
@@ -19,8 +20,10 @@ FORMATS = ("hf",)
 
 @dataclass
 class ExportConfig:
-    out_dir: str = opt("out", "folder (or .pt file) holding the checkpoint to export")
-    to: str = opt("hf", "format to write: 'hf' (a Hugging Face GPT-2 folder for transformers)")
+    model: str = opt("out", "the checkpoint to export: a folder holding ckpt.pt, or a .pt file")
+    to: str = opt("hf", "format to write: 'hf' (a Hugging Face GPT-2 folder for transformers)", choices=FORMATS)
+
+    RENAMED: ClassVar[dict[str, str]] = {"out_dir": "model"}
 
 
 def export_hf(out_dir: str | Path, dest: str | Path) -> Path:
@@ -49,10 +52,8 @@ def main(argv: list[str]) -> int:
     flags = [a for a in argv if a.startswith("-")]
     cfg = parse_cli(flags, {"export": ExportConfig}, "python -m minigpt export", __doc__.splitlines()[0]).export
     if len(folders) != 1:
-        raise UserError("give one folder to write, as: python -m minigpt export --out_dir=out --to=hf DIR")
-    if cfg.to not in FORMATS:
-        raise UserError(f"unknown export format --to={cfg.to}; use one of {', '.join(FORMATS)}")
-    dest = export_hf(cfg.out_dir, folders[0])
+        raise UserError("give one folder to write, as: python -m minigpt export --model=out --to=hf DIR")
+    dest = export_hf(cfg.model, folders[0])
     print(f"wrote {dest} (config.json, model.safetensors); load it with "
           f"transformers.GPT2LMHeadModel.from_pretrained('{dest}')")
     return 0
