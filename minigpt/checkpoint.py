@@ -9,7 +9,11 @@ A checkpoint is one `.pt` file holding a dict of tensors and JSON-compatible met
     iter_num, best_val_loss, eval_done -- the loop's train state
     optimizer, scaler, data, rng -- for resuming: optimizer and GradScaler state, the data sampler's
                                     generator, and one RNG state per process
-Writes are atomic (temp file in the same folder, fsync, rename); loads use `weights_only=True`.
+Writes are atomic (temp file in the same folder, fsync, rename); loads use `weights_only=True`. After
+torch.save's zip comes a 48-byte trailer, b"minigpt-sha256:\0" and the sha256 of every byte before it
+(hashed as they are written); a load hashes the file on a thread beside torch.load's own read and refuses
+a file whose bytes differ. Files without the trailer (older minigpt) load unchecked. A checkpoint whose
+weights hold a NaN or inf is never written.
 
 Loading a model, from any source, is `load_model(source)`: the one loader behind sample, the attention
 maps, evaluate, export and fine-tuning. A source is a checkpoint (a folder holding ckpt.pt, or a .pt
@@ -24,9 +28,11 @@ folder (config.json + weights); `read_config(source)` reads only its model confi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pickle
 import shutil
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -42,23 +48,49 @@ from . import tokenizer as tokenizers
 
 FORMAT = "minigpt-checkpoint"
 VERSION = 2  # 2: `rng` holds every rank's state (a list); 1 held rank 0's (a dict)
+CHECKSUM_MARK = b"minigpt-sha256:\0"  # then 32 bytes of sha256; zip readers ignore bytes after the archive
+TRAILER = len(CHECKSUM_MARK) + 32
+REQUIRED = ("model", "model_config", "tokenizer")  # what any use of a checkpoint reads
+TRAINING = ("optimizer", "scaler", "data", "rng", "iter_num", "best_val_loss", "eval_done")  # and resuming
+
+
+class _Hashing:
+    """A writable file that hashes what goes through it: the checksum costs no second read."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def save(path: str | Path, model: torch.nn.Module, tokenizer_spec: dict, model_state: dict | None = None,
          **extra: Any) -> Path:
     """Write a checkpoint atomically; `model_state` overrides the module's own (e.g. gathered from FSDP shards)."""
     path = Path(path)
+    weights = model.state_dict() if model_state is None else model_state
+    floats = [(k, v) for k, v in weights.items() if v.is_floating_point()]
+    if floats and not torch.stack([torch.isfinite(v).all().cpu() for _, v in floats]).all():  # one sync
+        bad = next(k for k, v in floats if not torch.isfinite(v).all())
+        raise UserError(f"not saving {path}: the weights hold NaN or inf values ({bad}); the previous checkpoint "
+                        f"is intact (lower learning_rate or grad_clip and continue with --resume)")
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "model": model.state_dict() if model_state is None else model_state,
+        "model": weights,
         "model_config": dataclasses.asdict(model.config),
         "tokenizer": tokenizer_spec,
         **extra,
     }
     try:
         with atomic_open(path) as f:
-            torch.save(state, f)
+            hashing = _Hashing(f)
+            torch.save(state, hashing)
+            f.write(CHECKSUM_MARK + hashing.sha.digest())
     except OSError as e:  # permission denied, disk full, ...: the previous checkpoint is untouched
         raise UserError(f"cannot write the checkpoint to {path} ({e.strerror or e}); free some space or choose a "
                         f"writable --out_dir, then continue with --resume (the previous checkpoint is intact)") from None
@@ -81,18 +113,27 @@ def save_training(path: str | Path, *, model: torch.nn.Module, optimizer: torch.
 
 def restore_training(state: dict, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler, batches,
                      train_state, world: distributed.World, fsdp: bool) -> str | None:
-    """Load what `save_training` wrote into the parts of a fresh run; returns a note when the RNG states
-    cannot be restored exactly (a different number of processes than the run that saved)."""
+    """Load what `save_training` wrote into the parts of a fresh run; returns a note when something cannot
+    continue exactly (the RNG states of another number of processes, fp16's loss scale after bf16/fp32).
+    The optimizer's hyper-parameters (betas, weight decay, Muon's momentum) stay this run's settings:
+    they live in its param groups, which loading the optimizer's state would otherwise replace."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     distributed.load_full_state(model, optimizer, state["model"], state["optimizer"], fsdp)
-    scaler.load_state_dict(state["scaler"])
+    for group, mine in zip(optimizer.param_groups, settings):
+        group.update(mine)
+    notes = []
+    if state["scaler"] or not scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    else:  # saved by a run without fp16, whose disabled scaler has no state
+        notes.append("the checkpoint was not trained in float16, so the loss scale starts afresh")
     batches.load_state_dict(state["data"])
     train_state.load_state_dict(state)
     rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # version 1 kept rank 0's only
     runtime.set_rng_state(rng[world.rank % len(rng)])
     if len(rng) != world.world_size:
-        return (f"the checkpoint holds the random state of {len(rng)} process(es) and this run has "
-                f"{world.world_size}: dropout masks will differ from an uninterrupted run")
-    return None
+        notes.append(f"the checkpoint holds the random state of {len(rng)} process(es) and this run has "
+                     f"{world.world_size}: dropout masks will differ from an uninterrupted run")
+    return "; ".join(notes) or None
 
 
 def link(src: Path, dst: Path) -> None:
@@ -128,22 +169,76 @@ def find(path_or_dir: str | Path) -> Path:
     return p
 
 
-def load(path_or_dir: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
-    """Read and validate a checkpoint; a corrupt, truncated or foreign file gets one clear error.
-    With `mmap`, tensors are mapped from the file and read only when touched (reading just the config)."""
+def load(path_or_dir: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False,
+         verify: bool | None = None) -> dict:
+    """Read and validate a checkpoint; a damaged (checksum), corrupt, truncated or foreign file, or one
+    missing what every checkpoint holds, gets one clear error. With `mmap`, tensors are mapped from the
+    file and read only when touched (reading just the config); `verify` (default: unless `mmap`) checks
+    the checksum."""
     p = find(path_or_dir)
+    intact = _start_checksum(p) if (not mmap if verify is None else verify) else None
+    damaged = UserError(f"{p} is damaged: its bytes do not match the checksum saved with them; use another "
+                        f"checkpoint (best.pt, ckpt_<iter>.pt) or train again")
     try:
         state = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        if intact is not None and not intact():
+            raise damaged from None
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise UserError(f"{p} is not a readable checkpoint ({first}); it may be truncated or corrupt, "
                         f"use another checkpoint or train again") from None
+    if intact is not None and not intact():
+        raise damaged
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{p} is not a minigpt checkpoint (no '{FORMAT}' marker); "
                         f"load GPT-2 weights with --model=gpt2 (or a Hugging Face folder) instead, or train a model with train.py")
     if state.get("version", 0) > VERSION:
         raise UserError(f"{p} was written by a newer minigpt (checkpoint version {state['version']}); upgrade minigpt")
+    if missing := [k for k in REQUIRED if k not in state]:
+        raise UserError(f"{p} lacks {', '.join(missing)}, which every minigpt checkpoint holds (it was edited or "
+                        f"written by something else); use another checkpoint or train again")
     return state
+
+
+def check_resumable(state: dict, where: str | Path) -> None:
+    """Refuse, in one line, a checkpoint that holds a model but not what continuing its training needs."""
+    if missing := [k for k in TRAINING if k not in state]:
+        raise UserError(f"{where} holds a model but not {', '.join(missing)}, so its training cannot continue; "
+                        f"fine-tune its weights in a fresh run with --init_from={where}, or use a checkpoint "
+                        f"written by train.py")
+
+
+def _start_checksum(p: Path):
+    """Hash `p` on a thread (hashlib releases the GIL, so this overlaps torch.load's read of the same,
+    then cached, bytes); returns a function that waits and says whether the bytes match the trailer, or
+    None for a file written without one."""
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        f.seek(max(0, size - TRAILER))
+        tail = f.read(TRAILER)
+    if size < TRAILER or not tail.startswith(CHECKSUM_MARK):
+        return None
+    result = []
+
+    def work():
+        h, left, buf = hashlib.sha256(), size - TRAILER, bytearray(1 << 22)
+        with open(p, "rb") as f:
+            while left > 0:
+                n = f.readinto(memoryview(buf)[: min(left, len(buf))])
+                if not n:
+                    break
+                h.update(memoryview(buf)[:n])
+                left -= n
+        result.append(left == 0 and h.digest() == tail[len(CHECKSUM_MARK):])
+
+    thread = threading.Thread(target=work, name="checkpoint-sha256", daemon=True)
+    thread.start()
+
+    def intact() -> bool:
+        thread.join()
+        return bool(result and result[0])
+
+    return intact
 
 
 def build_model(state: dict, device: str | torch.device = "cpu", config: GPTConfig | None = None) -> GPT:

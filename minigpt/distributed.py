@@ -156,17 +156,18 @@ def _fsdp_model_state(model: nn.Module) -> dict:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict,
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict | None,
                     fsdp: bool) -> None:
-    """Load unsharded state into a (possibly FSDP-sharded) model and its optimizer."""
+    """Load unsharded state into a (possibly FSDP-sharded) model and its optimizer (None: the model only)."""
     if not fsdp:
         model.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
+        if optim_state is not None:
+            optimizer.load_state_dict(optim_state)
         return
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
 
     opts = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state, options=opts)
-    if optim_state.get("state"):  # saved before the first step: nothing to load (see full_state)
+    if optim_state and optim_state.get("state"):  # saved before the first step: nothing to load (see full_state)
         set_optimizer_state_dict(model, optimizer, optim_state, options=opts)

@@ -59,18 +59,28 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, scale: float, muon_lr: f
         g["lr"] = muon_lr * scale if g.get("muon") else lr
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params, max_norm: float) -> None:
+def clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params, max_norm: float) -> bool:
     """The optimizer step (through `scaler`), the gradients' global norm clipped to `max_norm` first (0: no
-    clipping), as torch.nn.utils.clip_grad_norm_ clips it.
+    clipping), as torch.nn.utils.clip_grad_norm_ clips it. Returns False, having changed no weight and no
+    optimizer state, when a gradient is NaN or inf (with the scaler on, its scale is lowered as GradScaler does).
+
+    The norm that clips is also the finiteness check: one reduction over every gradient, read once. Under
+    DDP every rank holds the same all-reduced gradients and under FSDP the norm is the full one, so every
+    rank reaches the same answer without another collective.
 
     Fused AdamW without a loss scale takes the clip factor inside its step, as the `grad_scale` it divides
     every gradient by (the attribute GradScaler hands fused optimizers): a separate pass multiplying every
     gradient cost 0.6 s of a 2,048-token GPT-2 step on 2 busy cores, the norms alone 34 ms."""
+    scaler.unscale_(optimizer)  # the true gradients: check and clip those, not the fp16-scaled ones
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=_foreach(grads))
+    full = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor of per-shard parts
+    if not torch.isfinite(full).item():
+        if scaler.is_enabled():
+            scaler.update()  # unscale_ recorded the inf: the scale halves, as after a skipped scaler.step
+        return False
     if max_norm > 0:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-        params = [p for p in params if p.grad is not None]
-        grads = [p.grad for p in params]
-        norm = torch.nn.utils.get_total_norm(grads, foreach=_foreach(grads))
         coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s factor
         if (not scaler.is_enabled() and type(norm) is torch.Tensor and isinstance(optimizer, torch.optim.AdamW)
                 and optimizer.defaults.get("fused")):  # plain tensors: FSDP's DTensors take the general path
@@ -79,10 +89,11 @@ def clip_and_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
                 optimizer.step()
             finally:
                 del optimizer.grad_scale
-            return
+            return True
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=_foreach(grads))  # scales p.grad
     scaler.step(optimizer)
     scaler.update()
+    return True
 
 
 def _foreach(tensors: list[torch.Tensor]) -> bool | None:
@@ -96,7 +107,7 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type == "cpu":
-        from .tools.flops import cpu_bf16_native  # the one place that reads the CPU's flags
+        from .runtime import cpu_bf16_native  # the one place that reads the CPU's flags
 
         return torch.bfloat16 if cpu_bf16_native() else torch.float32
     return torch.float32

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from minigpt.config import PRESETS
-from minigpt.model import GPT, GPTConfig, lm_loss
+from minigpt.kernels import lm_loss
+from minigpt.model import GPT, GPTConfig
 from minigpt.optim import (AdamW, MuonAdamW, clip_and_step, hidden_matrices, lr_at, make_optimizer, orthogonalize,
                            param_groups)
-from minigpt.tools.flops import cpu_bf16_native
+from minigpt.runtime import cpu_bf16_native
 
 
 def test_lr_schedule_warmup_cosine_floor():
@@ -120,6 +121,71 @@ def test_clip_and_step_equals_clip_grad_norm_then_step(fused, max_norm):
     assert not torch.equal(models[0].transformer.wte.weight, start)  # the steps did move the weights
 
 
+def _tiny_pair(seed=0):
+    torch.manual_seed(seed)
+    models = [GPT(GPTConfig(**{**PRESETS["tiny"], "vocab_size": 50})) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    return models
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.0])
+def test_clip_and_step_with_the_scaler_on_clips_the_true_gradients(max_norm):
+    # fp16 training scales the loss by 2^k: the clip must see the unscaled gradients, and the step be
+    # the one of an unscaled run
+    models = _tiny_pair()
+    opts = [torch.optim.AdamW(param_groups(m, 0.1), lr=1e-2) for m in models]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, enabled=True)
+    x = torch.randint(0, 50, (2, 16))
+    for _ in range(3):
+        lm_loss(models[0](x), x).backward()
+        if max_norm:
+            torch.nn.utils.clip_grad_norm_(models[0].parameters(), max_norm)
+        opts[0].step()
+        scaler.scale(lm_loss(models[1](x), x)).backward()
+        assert clip_and_step(opts[1], scaler, models[1].parameters(), max_norm) is True
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+    assert scaler.get_scale() == 2.0 ** 12  # no overflow, no change
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["fused", "foreach", "muon"])
+@pytest.mark.parametrize("scaled", [False, True])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_non_finite_gradient_changes_no_weight_and_no_state(kind, scaled, bad):
+    """One NaN/inf gradient with a finite loss: no step (it used to write NaN into every weight)."""
+    model = _tiny_pair()[0]
+    if kind == "muon":
+        opt = make_optimizer(model, 1e-2, 0.1, (0.9, 0.95), torch.device("cpu"), muon_lr=0.02)
+    else:
+        opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2, fused=kind == "fused", foreach=kind == "foreach")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, enabled=scaled)
+    x = torch.randint(0, 50, (2, 16))
+
+    def backward(poison: bool):
+        scaler.scale(lm_loss(model(x), x)).backward()
+        if poison:
+            model.transformer.h[0].mlp.c_fc.weight.grad[3, 5] = bad
+
+    backward(False)
+    assert clip_and_step(opt, scaler, model.parameters(), 1.0)  # one good step: the state is not empty
+    opt.zero_grad(set_to_none=True)
+    weights, state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    for max_norm in (1.0, 0.0):  # the check does not depend on clipping being on
+        backward(True)
+        assert clip_and_step(opt, scaler, model.parameters(), max_norm) is False
+        opt.zero_grad(set_to_none=True)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, weights[k]), k
+        assert str(opt.state_dict()) == str(state)
+    assert scaler.get_scale() == (2.0 ** 10 if scaled else 1.0)  # halved at each skipped step, as GradScaler does
+    backward(False)
+    assert clip_and_step(opt, scaler, model.parameters(), 1.0)  # and training goes on
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert not torch.equal(model.transformer.h[0].mlp.c_fc.weight, weights["transformer.h.0.mlp.c_fc.weight"])
+
+
 @pytest.mark.parametrize("muon_lr", [None, 0.02])
 def test_optimizers_do_not_import_dynamo(muon_lr):
     # torch.optim's own methods import torch._dynamo on first use (~1 s of every run's start-up)
@@ -129,7 +195,8 @@ def test_optimizers_do_not_import_dynamo(muon_lr):
 
     code = f"""
 import sys, torch
-from minigpt.model import GPT, GPTConfig, lm_loss
+from minigpt.kernels import lm_loss
+from minigpt.model import GPT, GPTConfig
 from minigpt.optim import clip_and_step, make_optimizer
 model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16))
 opt = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), torch.device("cpu"), muon_lr={muon_lr})
