@@ -1,17 +1,21 @@
-"""Attention in four steps, as the lectures build it; teaching code, never imported by the model.
+"""Attention step by step, as the lectures build it; teaching code, never imported by the model.
 
-    (a) simplified self-attention: no weights, scores = x x^T, softmax, context vectors (loop and matrices)
+    (a) simplified self-attention: no weights, scores = x x^T, softmax, context vectors (loop and matrices);
+        how similar two words are: the dot product against the cosine similarity
     (b) self-attention with trainable W_q, W_k, W_v and 1/sqrt(d_k) scaling
     (c) causal attention: the future masked out before the softmax, dropout on the weights
     (d) multi-head attention: first a wrapper around single heads, then one fused projection split
         into heads, with an output projection -- the layout of `minigpt.model.CausalSelfAttention`
     (e) bidirectional attention (the causal mask switched off, as in an encoder) and cross-attention
         (queries from one sequence, keys and values from another, as a translation decoder reads its source)
+    (f) positions: without them self-attention is blind to word order; position vectors added to the
+        embeddings make order matter
 
 Each step marks what is NEW against the one before. tests/test_lessons.py ties the steps together
-(loop == matrix form, wrapper == fused, cross-attention on (x, x) == self-attention) and the fused one
-to the model's SDPA attention, forward and backward, masked and unmasked. `python -m
-minigpt.lessons.attention` walks through them on the lectures' six-word example.
+(loop == matrix form, wrapper == fused, cross-attention on (x, x) == self-attention, shuffled tokens give
+shuffled outputs until positions are added) and the fused one to the model's SDPA attention, forward and
+backward, masked and unmasked. `python -m minigpt.lessons.attention` walks through them on a six-word
+example sentence. minigpt/lessons/seq2seq.py builds a translating transformer from (d), (e) and (f).
 
 Shapes: T tokens, d_in input width, d_out output width, B batch, nh heads, hs = d_out // nh head size,
 S tokens of the second sequence in cross-attention.
@@ -22,7 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-# "Your journey starts with one step": one 3-d embedding per word, the lectures' running example.
+# "Your journey starts with one step": one 3-d embedding per word, the example sentence of chapter 3 of
+# Raschka's "Build a Large Language Model (From Scratch)" (rasbt/LLMs-from-scratch), not of the lectures.
 WORDS = ["Your", "journey", "starts", "with", "one", "step"]
 INPUTS = torch.tensor([
     [0.43, 0.15, 0.89],  # Your
@@ -58,6 +63,24 @@ def simplified_attention(x: torch.Tensor) -> torch.Tensor:
     scores = x @ x.T  # (T, T): every query against every token at once
     weights = torch.softmax(scores, dim=-1)  # each row sums to 1
     return weights @ x  # (T, d)
+
+
+# How similar are two words? The dot product a . b = |a| |b| cos(angle) grows with both lengths; the
+# cosine similarity a . b / (|a| |b|) keeps only the angle: 1 for the same direction, 0 for orthogonal,
+# -1 for opposite, whatever the lengths. On the six words they disagree: by dot product "Your" is closer
+# to "step" than to "with", by cosine it is the other way round ("step" is simply the longer vector).
+# Attention uses the dot product: a length the model can learn to grow or shrink is one more knob
+# (how sure a query is), and dividing by sqrt(d_k) in (b) keeps its size in check instead.
+
+def dot_products(x: torch.Tensor) -> torch.Tensor:
+    """(T, d) -> (T, T): every pair's dot product, the scores of (a)."""
+    return x @ x.T
+
+
+def cosine_similarities(x: torch.Tensor) -> torch.Tensor:
+    """(T, d) -> (T, T): every pair's cosine similarity, the dot products of the vectors scaled to length 1."""
+    unit = x / x.norm(dim=-1, keepdim=True)  # (T, d), each row of length 1
+    return unit @ unit.T
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,7 +171,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("mask", torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d_in) -> (B, T, d_out); pad (B, T), True at padding, is explained in (e1)."""
         B, T, _ = x.shape
         nh, hs = self.num_heads, self.head_dim
         q, k, v = self.W_qkv(x).split(self.d_out, dim=-1)  # 3 x (B, T, d_out)
@@ -158,6 +182,8 @@ class MultiHeadAttention(nn.Module):
         scores = q @ k.transpose(2, 3)  # (B, nh, T, T): every head at once
         if self.causal:
             scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
+        if pad is not None:
+            scores = scores.masked_fill(pad[:, None, None, :], float("-inf"))  # (B, 1, 1, T): no key is padding
         weights = self.dropout(torch.softmax(scores / hs**0.5, dim=-1))
         y = (weights @ v).transpose(1, 2).contiguous().view(B, T, self.d_out)  # heads side by side: (B, T, d_out)
         return self.out_proj(y)
@@ -182,12 +208,15 @@ def fuse_wrapper_weights(wrapper: MultiHeadAttentionWrapper, fused: MultiHeadAtt
 #     NEW: no mask. Every token sees the tokens after it as well as before: right for an encoder (BERT,
 #     the original transformer's encoder) that reads a whole given sentence, where there is no future to
 #     hide; wrong for a language model, which would learn to copy the next token instead of predicting it.
+#     NEW: with nothing masked, the padding that evens out a batch of sentences of different lengths would
+#     be seen too; `pad` (B, T), True at padding, masks those keys to -inf as the causal mask does the future.
 #
 # (e2) Cross-attention.
 #     NEW: the queries come from one sequence x (T tokens), the keys and values from another, `source`
 #     (S tokens, maybe of another width): each token of x asks which source tokens it needs. The weights
 #     are (T, S), no mask, since the source is given whole. This is how a translation decoder reads the
-#     encoded source sentence; minigpt/lessons/seq2seq.py does the same step with RNN states.
+#     encoded source sentence; minigpt/lessons/seq2seq.py does the same step with RNN states, and its
+#     transformer runs several of these heads side by side, as the wrapper (d1) does.
 
 class CrossAttention(nn.Module):
     def __init__(self, d_in: int, d_out: int, d_source: int | None = None, qkv_bias: bool = False):
@@ -197,12 +226,50 @@ class CrossAttention(nn.Module):
         self.W_key = nn.Linear(d_source, d_out, bias=qkv_bias)  # reads the source
         self.W_value = nn.Linear(d_source, d_out, bias=qkv_bias)  # reads the source
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        queries = self.W_query(x)  # (..., T, d_out)
-        keys, values = self.W_key(source), self.W_value(source)  # (..., S, d_out)
+    def weights(self, x: torch.Tensor, source: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., T, S): how much each token of x reads each source token; pad (..., S) True at source padding."""
+        queries, keys = self.W_query(x), self.W_key(source)  # (..., T, d_out), (..., S, d_out)
         scores = queries @ keys.transpose(-2, -1)  # (..., T, S): every token of x against every source token
-        weights = torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)  # each row sums to 1 over the source
-        return weights @ values  # (..., T, d_out): one vector per token of x, made of source values
+        if pad is not None:
+            scores = scores.masked_fill(pad.unsqueeze(-2), float("-inf"))  # (..., 1, S): the same for every query
+        return torch.softmax(scores / keys.shape[-1] ** 0.5, dim=-1)  # each row sums to 1 over the source
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weights(x, source, pad) @ self.W_value(source)  # (..., T, d_out): made of source values
+
+
+# ---------------------------------------------------------------------------------------------------
+# (f) Positions.
+#     Nothing above knows where a token stands: a score x_i . x_j depends on the two vectors only. Shuffle
+#     the tokens and bidirectional self-attention returns the same output vectors, shuffled the same way
+#     (it is permutation-equivariant): "dog bites man" and "man bites dog" make the same set of vectors.
+#     (A causal mask does depend on order, but only through which tokens each one may see.) An RNN
+#     knows order by construction, reading word after word; a transformer must be told.
+#     NEW: add a position vector to each token's embedding before the first attention: the same word at
+#     another place becomes another vector, so the shuffled outputs differ. The vectors are either
+#     learned, one per position (GPT-2, minigpt.model's wpe, the seq2seq lesson's transformer), or the
+#     fixed sines and cosines of the original transformer (Vaswani et al. 2017), below.
+
+def sinusoidal_positions(T: int, d: int) -> torch.Tensor:
+    """(T, d): PE[t, 2i] = sin(t / 10000^(2i/d)), PE[t, 2i+1] = cos(t / 10000^(2i/d)); each pair of columns
+    turns at its own speed, so every position gets its own pattern and nearby positions look alike."""
+    t = torch.arange(T, dtype=torch.float32).unsqueeze(1)  # (T, 1)
+    speed = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (ceil(d/2),): fast to slow
+    pe = torch.zeros(T, d)
+    pe[:, 0::2] = torch.sin(t * speed)
+    pe[:, 1::2] = torch.cos(t * speed)[:, : d // 2]  # an odd d has one sine more than cosines
+    return pe
+
+
+class LearnedPositions(nn.Module):
+    """x + one trained vector per position, as GPT-2: (..., T, d) -> (..., T, d)."""
+
+    def __init__(self, context_length: int, d: int):
+        super().__init__()
+        self.pos = nn.Embedding(context_length, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pos(torch.arange(x.shape[-2], device=x.device))  # (T, d) broadcast over the batch
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,6 +298,14 @@ def main() -> None:
     context = weights @ x
     _show("context vectors = weights x (row i: word i's weighted average of all words)", context, WORDS)
     print(f"\nloop form equals matrix form: {torch.allclose(simplified_attention_loop(x), context, atol=1e-6)}")
+    print("\nHow similar are two words? The dot product grows with the vectors' lengths; the cosine keeps the angle.")
+    _show("lengths |x_i|", x.norm(dim=-1), ["length"])
+    dots, cosines = dot_products(x), cosine_similarities(x)
+    _show("dot products (the scores above)", dots, WORDS)
+    _show("cosine similarities: dot products of the vectors scaled to length 1", cosines, WORDS)
+    print(f'\n"Your" . "step" = {dots[0, 5]:.4f} > "Your" . "with" = {dots[0, 3]:.4f}, but '
+          f'cos("Your", "step") = {cosines[0, 5]:.4f} < cos("Your", "with") = {cosines[0, 3]:.4f}: '
+          '"step" is the longer vector, not the closer direction')
 
     print("\n=== (b) self-attention with trainable W_q, W_k, W_v (d_in 3 -> d_out 2) ===")
     torch.manual_seed(123)
@@ -282,13 +357,28 @@ def main() -> None:
     torch.manual_seed(123)
     source = torch.rand(4, 5)  # a second sequence: 4 tokens of width 5, e.g. an encoded source sentence
     cross = CrossAttention(3, 2, d_source=5)
-    q, k = cross.W_query(x), cross.W_key(source)
     _show("NEW cross-attention weights: queries from the 6 words, keys from 4 source tokens (rows sum to 1)",
-          torch.softmax(q @ k.T / k.shape[-1] ** 0.5, dim=-1), WORDS)
+          cross.weights(x, source), WORDS)
     _show("cross-attention output: one vector per word, mixed from the source's values", cross(x, source), WORDS)
     same = CrossAttention(3, 2)
     same.load_state_dict(sa.state_dict())
     print(f"\ncross-attention on (x, x) equals self-attention (b): {torch.allclose(same(x, x), sa(x), atol=1e-6)}")
+
+    print("\n=== (f) positions: self-attention alone is blind to word order ===")
+    order = [5, 1, 2, 3, 4, 0]  # "step journey starts with one Your": first and last word swapped
+    shuffled = [WORDS[i] for i in order]
+    _show("bidirectional self-attention (b) of the sentence", sa(x), WORDS)
+    _show("of the shuffled sentence: the same rows, shuffled the same way", sa(x[order]), shuffled)
+    print(f"\noutputs of the shuffled sentence == shuffled outputs: {torch.allclose(sa(x[order]), sa(x)[order], atol=1e-6)}")
+    pe = sinusoidal_positions(T, 3)
+    _show("NEW sinusoidal position vectors, one row per position", pe,
+          [f"pos {t}" for t in range(T)])
+    with_pos, shuffled_with_pos = sa(x + pe), sa(x[order] + pe)
+    _show("self-attention of x + positions", with_pos, WORDS)
+    _show("of the shuffled words + positions: new vectors, since each word now stands elsewhere",
+          shuffled_with_pos, shuffled)
+    print(f"\nwith positions, outputs of the shuffled sentence == shuffled outputs: "
+          f"{torch.allclose(shuffled_with_pos, with_pos[order], atol=1e-6)}")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,30 @@
-"""Why attention: a recurrent encoder-decoder translating a toy language, without and with attention.
+"""Why attention: an encoder-decoder translating a toy language, without attention, with it, and all attention.
 
-Teaching code, never imported by the model. An RNN encoder reads the source sentence word by word; an
-RNN decoder writes the translation word by word. How the decoder sees the source is the lesson:
+Teaching code, never imported by the model. An RNN encoder (GRU or LSTM) reads the source sentence word
+by word; an RNN decoder writes the translation word by word. How the decoder sees the source is the lesson:
 
-    none      only the encoder's final state: the whole sentence squeezed into one vector (the bottleneck)
-    dot       Luong:    score(h, e) = h . e
-    general   Luong:    score(h, e) = h . W e
-    additive  Bahdanau: score(h, e) = v . tanh(W1 h + W2 e)
+    none         only the encoder's final state: the whole sentence squeezed into one vector (the bottleneck)
+    dot          Luong:    score(h, e) = h . e
+    general      Luong:    score(h, e) = h . W e
+    additive     Bahdanau: score(h, e) = v . tanh(W1 h + W2 e)
+    transformer  no RNN at all: self-attention, cross-attention and positions (section 6)
 
 With attention, each decoder step (1) scores every encoder state against its own state h, (2) turns
 the scores into weights with a softmax, (3) takes the weighted sum of the encoder states, the context,
 and (4) predicts the next word from the context and h. The weights of all steps form the alignment:
-which source word each target word was read from. A transformer keeps exactly these three steps and
-drops the recurrence (minigpt/lessons/attention.py).
+which source word each target word was read from. The transformer keeps exactly these three steps as
+its cross-attention and replaces the recurrence with self-attention (minigpt/lessons/attention.py).
 
-    python -m minigpt.lessons.seq2seq [--mode=all|none|dot|general|additive] [--steps=N] [--seed=S] [--out=DIR]
+    python -m minigpt.lessons.seq2seq [--mode=all|none|dot|general|additive|transformer] [--cell=gru|lstm]
+                                      [--steps=N] [--seed=S] [--out=DIR]
 
-trains each mode on the CPU, prints token accuracy and exact match by sentence length on held-out
-sentences and StatQuest's "Let's go" arithmetic, and writes accuracy_by_length.png and one alignment
-heat map per attention mode. tests/test_seq2seq.py checks every step by hand.
+trains each mode on the CPU, prints StatQuest's "Let's go" arithmetic, token accuracy and exact match
+by sentence length on held-out sentences and each mode's training time, and writes
+accuracy_by_length.png, one alignment heat map per attention mode and, for `none`, which source
+positions it gets right (position_accuracy_none.png). tests/test_seq2seq.py checks every step by hand.
 
 Shapes: B batch, S source length, T target length, E embedding width, H hidden width, V vocabulary,
-A width of the additive score's hidden layer.
+A width of the additive score's hidden layer; D, nh, L in section 6.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from tqdm import tqdm
 from ..config import opt, parse_cli
 from ..errors import UserError, run_cli
 from ..fileio import save_png
+from .attention import CrossAttention, LearnedPositions, MultiHeadAttention
 
 # ---------------------------------------------------------------------------------------------------
 # 1. The toy language: English words in, French-like words out, in French order.
@@ -99,20 +103,26 @@ def sentence(rng: random.Random, length: int) -> list[str]:
         words.append(rng.choice(list(LINKS)))
 
 
-def translate_by_rule(words: list[str]) -> list[str]:
-    """The rule the models must learn: in each noun phrase the noun moves right after the determiner and
-    the adjectives follow it in reverse order; every word is replaced by its dictionary entry."""
-    out, phrase = [], []
-    for w in words:
+def word_order(words: list[str]) -> list[int]:
+    """The rule the models must learn, as positions: for each target word, the position of the source
+    word it translates. In each noun phrase the noun moves right after the determiner and the
+    adjectives follow it in reverse order; link words keep their place."""
+    order, phrase = [], []  # phrase: positions of the determiner and adjectives waiting for their noun
+    for i, w in enumerate(words):
         if w in LINKS:
-            out.append(DICTIONARY[w])
+            order.append(i)
         elif w in NOUNS:
-            det = [DICTIONARY[phrase.pop(0)]] if phrase and phrase[0] in DETERMINERS else []
-            out += det + [DICTIONARY[w]] + [DICTIONARY[a] for a in reversed(phrase)]
+            det = [phrase.pop(0)] if phrase and words[phrase[0]] in DETERMINERS else []
+            order += det + [i] + phrase[::-1]
             phrase = []
         else:
-            phrase.append(w)
-    return out
+            phrase.append(i)
+    return order
+
+
+def translate_by_rule(words: list[str]) -> list[str]:
+    """The reference translation: the words in `word_order`, each replaced by its dictionary entry."""
+    return [DICTIONARY[words[i]] for i in word_order(words)]
 
 
 def make_pairs(rng: random.Random, n: int, lengths: range = range(MIN_LEN, MAX_LEN + 1),
@@ -219,22 +229,34 @@ def context_vector(weights: torch.Tensor, enc: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3. The encoder: torch's GRU reads the source left to right and keeps its state after every word.
-#    enc[:, j] is "the sentence up to word j"; the final state is all a decoder without attention gets.
+# 3. The encoder: torch's GRU or LSTM reads the source left to right and keeps its state after every
+#    word. enc[:, j] is "the sentence up to word j"; the final state is all a decoder without attention gets.
+#    A GRU's state is one vector h; an LSTM's (Hochreiter & Schmidhuber 1997) is a pair: the output h and
+#    a cell c, a memory that gates add to and erase from, which the decoder receives whole. Both pass h
+#    on as the encoder state attention reads.
+
+CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def final_output(state: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The h of a GRU's state h or an LSTM's state (h, c): (1, B, H)."""
+    return state[0] if isinstance(state, tuple) else state
+
 
 class Encoder(nn.Module):
-    def __init__(self, vocab: int, emb: int, hidden: int):
+    def __init__(self, vocab: int, emb: int, hidden: int, cell: str = "gru"):
         super().__init__()
         self.embed = nn.Embedding(vocab, emb, padding_idx=PAD)
-        self.rnn = nn.GRU(emb, hidden, batch_first=True)
+        self.rnn = CELLS[cell](emb, hidden, batch_first=True)
 
-    def forward(self, src: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) ids -> (every state (B, S, H), final state (1, B, H))."""
-        enc, _ = self.rnn(self.embed(src))  # (B, S, H)
-        # The GRU also ran over the padding after shorter sentences, but reading left to right, a word's
-        # state never depends on what follows it: each sentence's final state is the one at its last word.
-        final = enc[torch.arange(src.shape[0]), lengths - 1]  # (B, H)
-        return enc, final.unsqueeze(0)  # (1, B, H): the layout nn.GRU takes as an initial state
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor):
+        """(B, S) ids -> (every state (B, S, H), final state: (1, B, H), for an LSTM the pair (h, c))."""
+        # Packing runs each sentence only up to its own last word, so the final state (the LSTM's cell
+        # too, which is not among the outputs) is that of its last word, never of the padding after it.
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(src), lengths, batch_first=True, enforce_sorted=False)
+        enc, final = self.rnn(packed)
+        enc, _ = nn.utils.rnn.pad_packed_sequence(enc, batch_first=True, total_length=src.shape[1])  # (B, S, H)
+        return enc, final  # (1, B, H) or a pair of them: the layout nn.GRU / nn.LSTM take as an initial state
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,18 +269,19 @@ class Encoder(nn.Module):
 #    the keys and values: a transformer decoder's cross-attention, with one head.
 
 class Decoder(nn.Module):
-    def __init__(self, vocab: int, emb: int, hidden: int, mode: str):
+    def __init__(self, vocab: int, emb: int, hidden: int, mode: str, cell: str = "gru"):
         super().__init__()
         self.score = make_score(mode, hidden)
         self.embed = nn.Embedding(vocab, emb, padding_idx=PAD)
-        self.rnn = nn.GRU(emb, hidden, batch_first=True)
+        self.rnn = CELLS[cell](emb, hidden, batch_first=True)
         self.combine = nn.Linear(2 * hidden, hidden)  # [c_t; h_t] -> one vector
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, y_prev: torch.Tensor, state: torch.Tensor, enc: torch.Tensor, final: torch.Tensor,
                 keys: torch.Tensor | None, pad: torch.Tensor):
-        """Previous words (B, T) and the GRU state (1, B, H) -> (logits (B, T, V), new state, attention
-        weights (B, T, S) or None). Training passes the whole target at once; translating, one word."""
+        """Previous words (B, T), the RNN state and the encoder's final output `final` (1, B, H) -> (logits
+        (B, T, V), new state, attention weights (B, T, S) or None). Training passes the whole target at
+        once; translating, one word."""
         h, state = self.rnn(self.embed(y_prev), state)  # (B, T, H): one state per target position
         if self.score is None:
             weights = None
@@ -275,30 +298,33 @@ class Decoder(nn.Module):
 # 5. Encoder + decoder. Training feeds the true previous word at every step (teacher forcing), so all
 #    steps run as one GRU call; translating feeds the model's own previous guess (greedy decoding).
 
+def shift_right(tgt: torch.Tensor) -> torch.Tensor:
+    """Targets (B, T) -> the decoder's inputs (B, T): <bos>, then the true words; position t reads word t-1."""
+    return torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)
+
+
 class Seq2Seq(nn.Module):
-    def __init__(self, mode: str, emb: int = 32, hidden: int = 64):
+    def __init__(self, mode: str, emb: int = 32, hidden: int = 64, cell: str = "gru"):
         super().__init__()
-        self.mode = mode
-        self.encoder = Encoder(len(SRC_WORDS), emb, hidden)
-        self.decoder = Decoder(len(TGT_WORDS), emb, hidden, mode)
+        self.mode, self.cell = mode, cell
+        self.encoder = Encoder(len(SRC_WORDS), emb, hidden, cell)
+        self.decoder = Decoder(len(TGT_WORDS), emb, hidden, mode, cell)
 
     def _encode(self, src: torch.Tensor, lengths: torch.Tensor):
-        enc, final = self.encoder(src, lengths)
+        enc, state = self.encoder(src, lengths)
         keys = self.decoder.score.keys(enc) if self.decoder.score else None
-        return enc, final, keys, src == PAD
+        return enc, state, final_output(state), keys, src == PAD
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, V) for targets (B, T): position t reads the true word t-1."""
-        enc, final, keys, pad = self._encode(src, lengths)
-        y_prev = torch.cat([torch.full_like(tgt[:, :1], BOS), tgt[:, :-1]], dim=1)  # (B, T): shifted right
-        logits, _, _ = self.decoder(y_prev, final, enc, final, keys, pad)
+        enc, state, final, keys, pad = self._encode(src, lengths)
+        logits, _, _ = self.decoder(shift_right(tgt), state, enc, final, keys, pad)
         return logits
 
     @torch.no_grad()
     def translate(self, src: torch.Tensor, lengths: torch.Tensor, max_len: int):
         """Greedy: (predicted ids (B, max_len), attention weights (B, max_len, S) or None)."""
-        enc, final, keys, pad = self._encode(src, lengths)
-        state = final
+        enc, state, final, keys, pad = self._encode(src, lengths)
         y_prev = torch.full((src.shape[0], 1), BOS)  # (B, 1)
         ids, alignment = [], []
         for _ in range(max_len):
@@ -310,9 +336,121 @@ class Seq2Seq(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 6. Training and scoring.
+# 6. The transformer: "we don't need the LSTMs". The same encoder-decoder, the same data and decoding,
+#    with every recurrence replaced by attention (Vaswani et al. 2017), built from the attention lesson's
+#    modules (minigpt/lessons/attention.py, tested against minigpt.model's attention) and torch layers:
+#    NEW: positions (f). Nothing reads the words in order any more, so each embedding gets a learned
+#         vector for its place; without it "the big cat" and "cat big the" would encode alike.
+#    NEW: the encoder is a stack of bidirectional self-attention blocks (e1): each source word's state is
+#         mixed from the whole sentence at once, instead of "the sentence up to word j" from a GRU.
+#    NEW: the decoder reads the previous target words through causal self-attention (c, d) instead of
+#         a GRU state; the mask keeps the training-time view equal to the word-by-word one.
+#    the same: cross-attention (e2) is section 2's attention with the decoder states as queries and the
+#         encoder states as keys and values, now with learned W_q, W_k, W_v and several heads per block.
+#    NEW: around every attention, what GPT has around it: a LayerNorm before it, a residual connection
+#         across it, and a two-layer MLP after it (minigpt.model.Block).
+#    Shapes: D model width, nh heads, L layers.
 
-def train(model: Seq2Seq, steps: int, seed: int, batch_size: int = 64, lr: float = 1e-2,
+class CrossAttentionHeads(nn.Module):
+    """nh of the lesson's CrossAttention heads side by side, then an output projection, as the wrapper (d1)
+    does for self-attention. Returns the output (B, T, D) and each head's weights (B, nh, T, S)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = nn.ModuleList(CrossAttention(d, d // heads) for _ in range(heads))
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, y: torch.Tensor, enc: torch.Tensor, pad: torch.Tensor):
+        weights = [head.weights(y, enc, pad) for head in self.heads]  # nh x (B, T, S)
+        out = torch.cat([w @ head.W_value(enc) for w, head in zip(weights, self.heads)], dim=-1)  # (B, T, D)
+        return self.proj(out), torch.stack(weights, dim=1)
+
+
+def mlp(d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = MultiHeadAttention(d, d, MAX_LEN, heads, causal=False)  # bidirectional (e1)
+        self.mlp = mlp(d)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), pad)  # every word reads every word of its sentence, never the padding
+        return x + self.mlp(self.ln2(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = MultiHeadAttention(d, d, MAX_LEN + 1, heads, causal=True)  # (d), target words + <eos>
+        self.cross = CrossAttentionHeads(d, heads)
+        self.mlp = mlp(d)
+
+    def forward(self, y: torch.Tensor, enc: torch.Tensor, pad: torch.Tensor):
+        y = y + self.attn(self.ln1(y))  # the words written so far; padding only follows <eos>, masked as future
+        read, weights = self.cross(self.ln2(y), enc, pad)  # the source
+        y = y + read
+        return y + self.mlp(self.ln3(y)), weights
+
+
+class Transformer(nn.Module):
+    """The Seq2Seq interface (forward, translate) with attention everywhere."""
+
+    def __init__(self, d: int = 64, heads: int = 4, layers: int = 2):
+        super().__init__()
+        self.mode = "transformer"
+        self.src_embed = nn.Embedding(len(SRC_WORDS), d, padding_idx=PAD)
+        self.tgt_embed = nn.Embedding(len(TGT_WORDS), d, padding_idx=PAD)
+        self.src_pos = LearnedPositions(MAX_LEN, d)  # NEW (f)
+        self.tgt_pos = LearnedPositions(MAX_LEN + 1, d)  # the decoder reads <bos> + up to MAX_LEN words
+        self.encoder = nn.ModuleList(EncoderBlock(d, heads) for _ in range(layers))
+        self.decoder = nn.ModuleList(DecoderBlock(d, heads) for _ in range(layers))
+        self.ln_enc, self.ln_dec = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.out = nn.Linear(d, len(TGT_WORDS))
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) ids -> (encoder states (B, S, D), padding (B, S)). It never sees the target."""
+        pad = src == PAD
+        x = self.src_pos(self.src_embed(src))  # (B, S, D)
+        for block in self.encoder:
+            x = block(x, pad)
+        return self.ln_enc(x), pad
+
+    def decode(self, y_prev: torch.Tensor, enc: torch.Tensor, pad: torch.Tensor):
+        """Previous words (B, T) -> (logits (B, T, V), cross-attention weights (B, T, L, nh, S))."""
+        y = self.tgt_pos(self.tgt_embed(y_prev))  # (B, T, D)
+        weights = []
+        for block in self.decoder:
+            y, w = block(y, enc, pad)
+            weights.append(w)
+        return self.out(self.ln_dec(y)), torch.stack(weights, dim=1).permute(0, 3, 1, 2, 4)
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, V): all T positions in one pass, the causal mask hiding the future."""
+        enc, pad = self.encode(src)
+        return self.decode(shift_right(tgt), enc, pad)[0]
+
+    @torch.no_grad()
+    def translate(self, src: torch.Tensor, lengths: torch.Tensor, max_len: int):
+        """Greedy: (ids (B, max_len), cross-attention weights (B, max_len, L, nh, S)). With no state to carry,
+        each step runs the decoder over all the words so far (a KV cache would save that, see generate.py)."""
+        enc, pad = self.encode(src)
+        max_len = min(max_len, MAX_LEN + 1)  # the positions there are; no translation is longer
+        ys = torch.full((src.shape[0], 1), BOS)  # (B, 1)
+        for _ in range(max_len):
+            logits, weights = self.decode(ys, enc, pad)
+            ys = torch.cat([ys, logits[:, -1:].argmax(dim=-1)], dim=1)  # the best word, fed back in
+        return ys[:, 1:], weights  # the last step's weights hold every step's row, causal as they are
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. Training and scoring.
+
+def train(model: Seq2Seq | Transformer, steps: int, seed: int, batch_size: int = 64, lr: float = 1e-2,
           exclude: set[tuple[str, ...]] = frozenset(), lengths: range = range(MIN_LEN, MAX_LEN + 1),
           progress: bool = True) -> list[float]:
     """Adam on fresh random sentences of the given lengths every step, none of them in `exclude` (the
@@ -349,7 +487,7 @@ def score_translations(pred: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model: Seq2Seq, pairs: list, batch_size: int = 256) -> dict[int, tuple[float, float]]:
+def evaluate(model: Seq2Seq | Transformer, pairs: list, batch_size: int = 256) -> dict[int, tuple[float, float]]:
     """{source length: (token accuracy, exact-match rate)} over the pairs, greedy decoding."""
     model.eval()
     sums: dict[int, list[float]] = {}
@@ -364,17 +502,19 @@ def evaluate(model: Seq2Seq, pairs: list, batch_size: int = 256) -> dict[int, tu
 
 
 @torch.no_grad()
-def translate_sentence(model: Seq2Seq, words: list[str]) -> tuple[list[str], torch.Tensor | None]:
-    """One sentence, greedy: (target words up to <eos>, attention weights (steps, S) or None)."""
+def translate_sentence(model: Seq2Seq | Transformer, words: list[str]) -> tuple[list[str], torch.Tensor | None]:
+    """One sentence, greedy: (target words up to <eos>, attention weights (steps, S), for the transformer
+    (steps, L, nh, S), or None)."""
     model.eval()
     src, lengths, _ = to_batch([(words, [])])
-    pred, weights = model.translate(src, lengths, len(words) + 5)
+    pred, weights = model.translate(src, lengths, min(len(words) + 5, MAX_LEN + 1))
     out = [TGT_WORDS[i] for i in pred[0].tolist()]
     steps = out.index("<eos>") + 1 if "<eos>" in out else len(out)
     return out[:steps], (weights[0, :steps] if weights is not None else None)
 
 
 BUCKETS = [(3, 5), (6, 10), (11, 15), (16, 20), (21, 25), (26, 30)]  # source lengths, for the table
+BUCKETS_ORDER = {f"{lo}-{hi}": i for i, (lo, hi) in enumerate(BUCKETS)}
 
 
 def by_bucket(per_length: dict[int, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -387,6 +527,44 @@ def by_bucket(per_length: dict[int, tuple[float, float]]) -> dict[str, tuple[flo
     return out
 
 
+@torch.no_grad()
+def accuracy_by_source_position(model: Seq2Seq | Transformer, pairs: list, teacher_forced: bool = False,
+                                 batch_size: int = 256) -> dict[str, list[float]]:
+    """{bucket of source lengths: [accuracy of the target words translating source word 1, 2, ...]}:
+    which source positions the model gets right. Greedy decoding lets one wrong word derail the rest;
+    teacher-forced, every word is predicted from the true words before it, which shows what the
+    model still knows of each source word without the derailing."""
+    model.eval()
+    right, count = {}, {}  # (bucket, source position) -> sums
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i: i + batch_size]
+        src, lengths, tgt = to_batch(chunk)
+        pred = model(src, lengths, tgt).argmax(dim=-1) if teacher_forced else model.translate(src, lengths,
+                                                                                             tgt.shape[1])[0]
+        hits = (pred[:, : tgt.shape[1]] == tgt).tolist()  # (B, T)
+        for (words, _), row in zip(chunk, hits):
+            bucket = next(f"{lo}-{hi}" for lo, hi in BUCKETS if lo <= len(words) <= hi)
+            for t, j in enumerate(word_order(words)):  # target word t translates source word j
+                right[bucket, j] = right.get((bucket, j), 0) + row[t]
+                count[bucket, j] = count.get((bucket, j), 0) + 1
+    out: dict[str, list[float]] = {}
+    for (bucket, j), n in sorted(count.items(), key=lambda kv: (BUCKETS_ORDER[kv[0][0]], kv[0][1])):
+        out.setdefault(bucket, []).append(right[bucket, j] / n)
+    return out
+
+
+@torch.no_grad()
+def head_sharpness(model: Transformer, pairs: list) -> torch.Tensor:
+    """(L, nh): each cross-attention head's largest weight per translated word, averaged over the pairs'
+    words (and <eos>), greedy decoding. A head near 1 reads one source word at a time: an alignment."""
+    model.eval()
+    src, lengths, tgt = to_batch(pairs)
+    _, weights = model.translate(src, lengths, tgt.shape[1])  # (B, T, L, nh, S)
+    real = (tgt != PAD)[:, :, None, None]  # (B, T, 1, 1): the rows of real words and <eos>
+    top = weights.max(dim=-1).values  # (B, T, L, nh)
+    return (top * real).sum(dim=(0, 1)) / real.sum()
+
+
 def mark_errors(words: list[str], reference: list[str]) -> list[str]:
     """The words of a translation, each one that differs from the reference (with <eos>) marked with a trailing *."""
     ref = reference + ["<eos>"]
@@ -394,7 +572,7 @@ def mark_errors(words: list[str], reference: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 7. StatQuest's "Let's go" -> "vamos", on this file's own functions. The scores -0.41 and 0.01 and
+# 8. StatQuest's "Let's go" -> "vamos", on this file's own functions. The scores -0.41 and 0.01 and
 #    the weights 0.4 and 0.6 are the video's; the two-unit states are illustrative values whose dot
 #    products round to those scores.
 
@@ -430,7 +608,7 @@ def print_statquest() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# 8. Figures.
+# 9. Figures.
 
 def plot_accuracy(results: dict[str, dict[int, tuple[float, float]]], path: Path) -> Path:
     """Token accuracy and exact match against source length, one line per mode."""
@@ -450,6 +628,30 @@ def plot_accuracy(results: dict[str, dict[int, tuple[float, float]]], path: Path
         ax.grid(alpha=0.3)
     axes[0].legend(title="attention")
     fig.suptitle("held-out translations, greedy decoding")
+    fig.tight_layout()
+    save_png(fig, path)
+    return path
+
+
+def plot_positions(greedy: dict[str, list[float]], forced: dict[str, list[float]], path: Path, mode: str) -> Path:
+    """Accuracy of the target words by the position of the source word they translate, a line per bucket of
+    sentence lengths; greedy decoding on the left, teacher-forced on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, results, what in ((axes[0], greedy, "greedy decoding"), (axes[1], forced, "teacher-forced")):
+        for bucket, acc in results.items():
+            ax.plot(range(1, len(acc) + 1), acc, marker=".", label=bucket)
+        ax.set_xlabel("position of the source word (1 = first)")
+        ax.set_title(what, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy of its translation")
+    axes[1].legend(title="source length")
+    fig.suptitle(f"{mode}: which source words get translated right (held-out sentences)")
     fig.tight_layout()
     save_png(fig, path)
     return path
@@ -485,25 +687,37 @@ def showcase(pairs: list) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------------------------------
 # The command: `python -m minigpt.lessons.seq2seq`
 
+ALL_MODES = MODES + ["transformer"]
+STEPS = {"transformer": 300}  # default steps; the rest 1000. 300 take the transformer about as much CPU time as 1000 take dot
+
+
 @dataclass
 class Seq2SeqConfig:
-    mode: str = opt("all", "attention of the decoder: all (train each in turn), none, dot, general or additive")
-    steps: int = opt(1000, "training steps per mode (batches of fresh random sentences)")
+    mode: str = opt("all", "what the decoder reads: all (each in turn), none, dot, general, additive or transformer")
+    cell: str = opt("gru", "the RNN of the none/dot/general/additive modes: gru or lstm")
+    steps: int | None = opt(None, "training steps per mode (batches of fresh random sentences); "
+                                  "default 1000, 300 for the transformer")
     seed: int = opt(0, "random seed of the sentences and the initial weights")
     out: str = opt("out/seq2seq", "folder for the PNGs")
     batch_size: int = opt(64, "sentences per step")
     lr: float = opt(1e-2, "Adam's learning rate, decayed linearly to 0")
-    hidden: int = opt(64, "width of the GRU states")
+    hidden: int = opt(64, "width of the RNN states and of the transformer's vectors")
+    heads: int = opt(4, "the transformer's attention heads per block")
+    layers: int = opt(2, "the transformer's encoder blocks, and its decoder blocks")
     threads: int = opt(1, "CPU threads for torch; these small sequential ops run fastest on one")
 
 
 def check(cfg: Seq2SeqConfig) -> list[str]:
     """The modes to train; a UserError for any bad setting, before anything is trained."""
-    if cfg.mode != "all" and cfg.mode not in MODES:
-        raise UserError(f"--mode={cfg.mode} is not a mode; use all, {', '.join(MODES)}")
-    for name in ("steps", "batch_size", "hidden", "threads"):
-        if getattr(cfg, name) < 1:
+    if cfg.mode != "all" and cfg.mode not in ALL_MODES:
+        raise UserError(f"--mode={cfg.mode} is not a mode; use all, {', '.join(ALL_MODES)}")
+    if cfg.cell not in CELLS:
+        raise UserError(f"--cell={cfg.cell} is not a cell; use {' or '.join(CELLS)}")
+    for name in ("steps", "batch_size", "hidden", "heads", "layers", "threads"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.hidden % cfg.heads:
+        raise UserError(f"--hidden={cfg.hidden} must be a multiple of --heads={cfg.heads} (each head gets an equal share)")
     if not cfg.lr > 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     out = Path(cfg.out)
@@ -513,7 +727,13 @@ def check(cfg: Seq2SeqConfig) -> list[str]:
             pass
     except OSError as e:
         raise UserError(f"cannot write to --out={cfg.out} ({e.strerror}); choose a folder you can write to") from None
-    return MODES if cfg.mode == "all" else [cfg.mode]
+    return ALL_MODES if cfg.mode == "all" else [cfg.mode]
+
+
+def build(mode: str, cfg: Seq2SeqConfig) -> Seq2Seq | Transformer:
+    if mode == "transformer":
+        return Transformer(cfg.hidden, cfg.heads, cfg.layers)
+    return Seq2Seq(mode, hidden=cfg.hidden, cell=cfg.cell)
 
 
 def main(argv: list[str]) -> int:
@@ -526,26 +746,48 @@ def main(argv: list[str]) -> int:
 
     pairs = held_out(cfg.seed)
     exclude = {tuple(s) for s, _ in pairs}  # never train on an evaluation sentence
+    longest = [p for p in pairs if len(p[0]) >= BUCKETS[-1][0]]
     source, reference = showcase(pairs)
     print(f"{len(pairs)} held-out sentences, {len(pairs) // (MAX_LEN - MIN_LEN + 1)} of each length "
           f"{MIN_LEN}-{MAX_LEN}; the heat-map sentence ({len(source)} words):\n  {' '.join(source)}\n"
           f"  reference: {' '.join(reference)}")
-    results, started = {}, time.time()
+    if any(m in MODES for m in modes):
+        print(f"RNN cell: {cfg.cell}")
+    results, times, started = {}, {}, time.time()
     for mode in modes:
         torch.manual_seed(cfg.seed)  # every mode starts from the same seed and sees the same batches
-        model = Seq2Seq(mode, hidden=cfg.hidden)
-        t0 = time.time()
-        losses = train(model, cfg.steps, cfg.seed, cfg.batch_size, cfg.lr, exclude)
+        model = build(mode, cfg)
+        steps = cfg.steps or STEPS.get(mode, 1000)
+        wall, cpu = time.time(), time.process_time()
+        losses = train(model, steps, cfg.seed, cfg.batch_size, cfg.lr, exclude)
+        times[mode] = (time.time() - wall, time.process_time() - cpu)
         results[mode] = evaluate(model, pairs)
         words, weights = translate_sentence(model, source)
         marked = mark_errors(words, reference)
         loss = sum(losses[-20:]) / len(losses[-20:])
-        print(f"{mode:>8}: {cfg.steps} steps in {time.time() - t0:.0f} s, final loss {loss:.3f}; "
-              f"the heat-map sentence (* wrong):\n          {' '.join(marked)}")
+        print(f"{mode:>11}: {steps} steps, trained in {times[mode][0]:.0f} s ({times[mode][1]:.0f} s of CPU), "
+              f"final loss {loss:.3f}; the heat-map sentence (* wrong):\n             {' '.join(marked)}")
+        if mode == "none":
+            path = plot_positions(accuracy_by_source_position(model, pairs),
+                                  accuracy_by_source_position(model, pairs, teacher_forced=True),
+                                  out / "position_accuracy_none.png", f"none ({cfg.cell})")
+            print(f"             accuracy by source position: {path}")
+        if mode == "transformer":
+            # The map shows the head that aligns most sharply on the longest held-out sentences: the one
+            # doing the reordering. Other heads spread their weights and are hard to read as an alignment.
+            sharp = head_sharpness(model, longest)  # (L, nh)
+            layer, head = divmod(int(sharp.argmax()), sharp.shape[1])
+            print("             cross-attention heads' mean largest weight on the 26-30-word sentences "
+                  "(rows: layers):\n" + "\n".join("               " + " ".join(f"{v:.2f}" for v in row)
+                                                  for row in sharp.tolist()))
+            weights = weights[:, layer, head]  # (steps, S)
+            what = f"transformer cross-attention, layer {layer + 1} head {head + 1} (the sharpest)"
+        else:
+            what = f"{mode} attention ({cfg.cell})"
         if weights is not None:
             path = plot_alignment(weights, source, marked, out / f"alignment_{mode}.png",
-                                  f"{mode} attention: which source word each target word reads")
-            print(f"          alignment heat map: {path}")
+                                  f"{what}: which source word each target word reads")
+            print(f"             alignment heat map ({what}): {path}")
 
     print(f"\nheld-out token accuracy / exact match by source length, greedy decoding "
           f"({time.time() - started:.0f} s for {len(modes)} mode{'s' if len(modes) > 1 else ''}):\n")
@@ -554,6 +796,7 @@ def main(argv: list[str]) -> int:
     print("|---" * (len(buckets) + 1) + "|")
     for b in next(iter(buckets.values())):
         print(f"| {b} | " + " | ".join(f"{buckets[m][b][0]:.3f} / {buckets[m][b][1]:.2f}" for m in buckets) + " |")
+    print("| training s, wall / CPU | " + " | ".join(f"{w:.0f} / {c:.0f}" for w, c in times.values()) + " |")
     print(f"\naccuracy by length: {plot_accuracy(results, out / 'accuracy_by_length.png')}")
     return 0
 
