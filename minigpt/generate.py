@@ -24,6 +24,7 @@ from typing import Iterator
 
 import torch
 
+from .kernels import use_decode_linears
 from .model import GPT, KVCache
 
 # Probabilities are float32: each carries a relative rounding error of ~1e-7, so a cumulative sum
@@ -137,10 +138,11 @@ def compile_step(model: GPT):
     in-process A/B): bf16 7.36 -> 5.39 ms and fp32 13.7 -> 10.1 ms per token against the
     multiply-and-sum it replaces. The packed weights are a second copy of the Linear weights
     (GPT-2 fp32: 1.5 GB resident after compiling instead of 0.85, 2.2 GB at the peak while compiling).
-    An int8 model keeps its multiply-and-sum (`model.gemv`), where the dequantization is fused in; a low
+    An int8 model keeps its multiply-and-sum (`kernels.gemv`), where the dequantization is fused in; a low
     realize threshold there makes inductor compute each LayerNorm / GELU output once into a buffer instead
     of recomputing it for every output row.
     """
+    use_decode_linears(model)  # as decode_steps does, before compiling: the model's classes then never change
     options = {"realize_opcount_threshold": 4}
     device = next(model.parameters()).device
     if device.type != "cpu" or not _cpu_gemm_template_runs(model):
@@ -179,7 +181,9 @@ def decode_steps(model: GPT, idx: torch.Tensor, *, max_new_tokens: int, sampling
     """Yield `max_new_tokens` next-token ids (B, 1) for the rows of `idx` (B, T), one decode step at a time.
 
     `step` optionally replaces `model` for the one-token decode steps (e.g. a compiled version of it).
+    The model's Linears become `kernels.DecodeLinear`s (in place, same weights): one row takes `gemv`.
     """
+    use_decode_linears(model)
     block = model.config.block_size
     B, T = idx.shape
     tokens = idx  # all tokens so far; the reference path and the sliding window read it

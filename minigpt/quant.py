@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .model import gemv, one_cpu_row
+from .kernels import gemv, one_cpu_row
 
 MODES = ("none", "int8")
 

@@ -26,7 +26,8 @@ from .tools import flops, params
 from .config import Config, TrainConfig, model_config, parse_cli, train_sections
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
-from .model import GPT, GPTConfig, lm_loss
+from .kernels import lm_loss
+from .model import GPT, GPTConfig
 from .optim import clip_and_step, lr_at, lr_at_fraction, make_optimizer, set_lr
 from .tracking import Tracker, plot_losses
 

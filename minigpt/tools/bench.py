@@ -36,7 +36,8 @@ from ..corpus import shakespeare
 from ..data import TokenDataset, resolve_dataset
 from ..errors import UserError, run_cli
 from ..generate import GREEDY, compile_step, generate
-from ..model import GPT, GPTConfig, lm_loss
+from ..kernels import lm_loss
+from ..model import GPT, GPTConfig
 from ..optim import clip_and_step, make_optimizer
 from . import flops
 from .evaluate import evaluate_split

@@ -20,7 +20,8 @@ from .. import checkpoint
 from ..config import MODEL_HELP, RuntimeConfig, opt, parse_cli
 from ..data import TokenDataset, iter_windows, resolve_dataset
 from ..errors import UserError, run_cli
-from ..model import GPT, lm_loss
+from ..kernels import lm_loss
+from ..model import GPT
 
 
 @torch.no_grad()
