@@ -183,6 +183,10 @@ def decode_steps(model: GPT, idx: torch.Tensor, *, max_new_tokens: int, sampling
     `step` optionally replaces `model` for the one-token decode steps (e.g. a compiled version of it).
     The model's Linears become `kernels.DecodeLinear`s (in place, same weights): one row takes `gemv`.
     """
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"the prompt must be token ids of shape (batch, length) with length >= 1, got shape "
+                         f"{tuple(idx.shape)}; to start from nothing, pass one token per row (e.g. the "
+                         f"end-of-text id, or a newline's id for a character model)")
     use_decode_linears(model)
     block = model.config.block_size
     B, T = idx.shape

@@ -96,6 +96,13 @@ def test_bf16_greedy_generation_follows_fp32():
     assert (bf16(out)[0].float() - fp32(out)[0]).abs().max() <= tol  # the full forward too
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (0,), (3,)])
+def test_an_empty_or_unbatched_prompt_is_a_clear_error(model, shape):
+    # an empty prompt raised IndexError from deep inside the decode loop
+    with pytest.raises(ValueError, match=r"shape \(batch, length\) with length >= 1.*one token per row"):
+        generate(model, torch.zeros(shape, dtype=torch.long), max_new_tokens=3, sampling=GREEDY)
+
+
 def test_seed_gives_same_tokens_and_batch_rows_differ(model):
     idx = torch.zeros(4, 2, dtype=torch.long)
     a = generate(model, idx, max_new_tokens=20, sampling=Sampling(), generator=torch.Generator().manual_seed(5))
