@@ -276,7 +276,7 @@ class Header:
     description: str
 
 
-GPT2_TOKENIZER = {"kind": "tiktoken", "name": "gpt2"}
+GPT2_TOKENIZER = hf.GPT2_TOKENIZER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +311,7 @@ def read_header(source: str | Path) -> Header:
     """The model config and tokenizer of `source` without loading its weights (a checkpoint's tensors
     are memory-mapped and never read; a GPT-2 name is still downloaded on first use)."""
     if _is_gpt2(source):
-        return Header(hf.read_config(hf.locate(str(source))), GPT2_TOKENIZER, f"GPT-2 weights {source}")
+        return Header(hf.read_config(hf.locate(str(source))), hf.tokenizer_spec(str(source)), f"GPT-2 weights {source}")
     state = load(source, mmap=True)
     return Header(_model_config(state["model_config"]), state["tokenizer"], _describe(source, state))
 
@@ -331,7 +331,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu", *, config
     if _is_gpt2(source):
         own, weights = hf.read(str(source))
         model = _build(own, weights, config, str(source))
-        return Loaded(model.to(device).eval(), tokenizers.from_spec(GPT2_TOKENIZER), None, f"GPT-2 weights {source}")
+        return Loaded(model.to(device).eval(), tokenizers.from_spec(hf.tokenizer_spec(str(source))), None,
+                      f"GPT-2 weights {source}")
     state = load(source)
     model = build_model(state, device, config).eval()
     return Loaded(model, tokenizers.from_spec(state["tokenizer"]), state, _describe(source, state))

@@ -4,7 +4,9 @@ A Hugging Face GPT-2 folder holds `config.json` and `model.safetensors` (or `pyt
 architecture is ours with `bias=True`: the same module names under `transformer.`, except that the
 four projections are `Conv1D` layers, whose weight is (in, out), the transpose of nn.Linear's
 (out, in). OpenAI's MLP uses GELU's tanh approximation (`activation_function: gelu_new`), which
-minigpt has as `activation="gelu_tanh"`. The tokenizer is tiktoken's `gpt2` BPE.
+minigpt has as `activation="gelu_tanh"`. The tokenizer is tiktoken's `gpt2` BPE, unless the folder holds
+`minigpt_tokenizer.json`: the tokenizer spec `python -m minigpt export` writes beside the weights of a model
+trained with its own tokenizer (a character vocabulary, a BPE trained by `python -m minigpt bpe`).
 
 This module converts; `checkpoint.load_model` is the loader every command uses (it calls `read`).
 """
@@ -27,6 +29,8 @@ GPT2_VOCAB = 50257
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out)
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}  # HF name -> ours
 MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")  # causal-mask buffers older versions saved
+TOKENIZER_FILE = "minigpt_tokenizer.json"  # the tokenizer spec an export writes beside the weights
+GPT2_TOKENIZER = {"kind": "tiktoken", "name": "gpt2"}
 
 
 def read(source: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
@@ -34,6 +38,23 @@ def read(source: str) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     folder = locate(source)
     config = read_config(folder)
     return config, from_hf_state_dict(_read_weights(folder), config, folder)
+
+
+def tokenizer_spec(source: str) -> dict:
+    """The tokenizer spec of the GPT-2 weights named by `source`: the one a minigpt export wrote beside them,
+    else GPT-2's BPE (OpenAI's releases, folders saved by transformers)."""
+    if source in GPT2_NAMES and not Path(source).exists():
+        return dict(GPT2_TOKENIZER)
+    f = Path(source) / TOKENIZER_FILE
+    if not f.is_file():
+        return dict(GPT2_TOKENIZER)
+    try:
+        spec = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{f} cannot be read ({e}); export the checkpoint again") from None
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise UserError(f"{f} is not a minigpt tokenizer spec; export the checkpoint again")
+    return spec
 
 
 def locate(source: str) -> Path:
@@ -55,7 +76,12 @@ def read_config(folder: Path) -> GPTConfig:
         hf_config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{config_file} is not valid JSON ({e})") from None
-    return config_from_hf(hf_config, folder)
+    spec = tokenizer_spec(str(folder))
+    if spec == GPT2_TOKENIZER:
+        return config_from_hf(hf_config, folder)
+    from .tokenizer import from_spec
+
+    return config_from_hf(hf_config, folder, vocab=from_spec(spec).vocab_size, tokenizer=spec.get("name", spec["kind"]))
 
 
 def _download(name: str) -> Path:
@@ -90,8 +116,10 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{folder} holds no model.safetensors or pytorch_model.bin; pass a complete Hugging Face GPT-2 folder")
 
 
-def config_from_hf(hf: dict, where: str | Path = "the config") -> GPTConfig:
-    """Our GPTConfig for a Hugging Face GPT2Config dict; anything GPT-2-like we cannot express is refused."""
+def config_from_hf(hf: dict, where: str | Path = "the config", *, vocab: int = GPT2_VOCAB,
+                   tokenizer: str = "GPT-2's BPE") -> GPTConfig:
+    """Our GPTConfig for a Hugging Face GPT2Config dict whose tokenizer has `vocab` tokens; anything GPT-2-like
+    we cannot express is refused."""
     kind = hf.get("model_type")
     if kind != "gpt2":
         raise UserError(f"{where} holds a '{kind}' model, not GPT-2; --model takes Hugging Face GPT-2 folders only")
@@ -109,10 +137,10 @@ def config_from_hf(hf: dict, where: str | Path = "the config") -> GPTConfig:
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise UserError(f"{where} is a GPT-2 variant minigpt cannot represent ({', '.join(f'{k}={hf.get(k)!r}' for k in bad)})")
-    vocab = hf.get("vocab_size", GPT2_VOCAB)
-    if vocab < GPT2_VOCAB:
-        raise UserError(f"{where} has a vocabulary of {vocab} tokens, fewer than GPT-2's BPE needs ({GPT2_VOCAB})")
-    return GPTConfig(block_size=hf.get("n_positions", 1024), vocab_size=vocab, n_layer=hf.get("n_layer", 12),
+    n_vocab = hf.get("vocab_size", GPT2_VOCAB)
+    if n_vocab < vocab:
+        raise UserError(f"{where} has a vocabulary of {n_vocab} tokens, fewer than {tokenizer} needs ({vocab})")
+    return GPTConfig(block_size=hf.get("n_positions", 1024), vocab_size=n_vocab, n_layer=hf.get("n_layer", 12),
                      n_head=hf.get("n_head", 12), n_embd=n_embd, dropout=0.0, bias=True, activation=ACTIVATIONS[act])
 
 

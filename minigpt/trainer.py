@@ -9,6 +9,7 @@ resumed run replays exactly the batches, dropout masks and logged losses of an u
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -22,7 +23,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import checkpoint, distributed, runtime, settings
-from .tools import flops, params
+from . import flops, params
 from .config import Config, TrainConfig, model_config, parse_cli, train_sections
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
@@ -133,10 +134,49 @@ def check_out_dir(out_dir: Path) -> None:
         probe = out_dir / ".write_test"
         probe.write_bytes(b"")
         probe.unlink()
-        for stale in out_dir.glob(".*.tmp"):  # left by a run killed while it was saving
+        for stale in stale_temporaries(out_dir):
             stale.unlink()
     except OSError as e:
         raise UserError(f"cannot write to out_dir {out_dir} ({e.strerror}); choose a writable --out_dir") from None
+
+
+# Settings that say what this invocation does, not how the run trains: never taken from a checkpoint.
+INVOCATION = {"out_dir", "dataset", "init_from", "model", "resume", "overwrite", "eval_only"}
+
+
+def continued_settings(cfg: Config, state: dict, out_dir: Path, world: distributed.World) -> tuple[TrainConfig, int]:
+    """Resuming: every train setting not given (command line, file) is the checkpoint's, not the default,
+    so `--resume` alone continues the run as it was; a given one takes effect (the model's, by
+    config.model_config). The seed cannot change: the data stream and every RNG continue from the saved
+    states, and the evaluation windows are drawn from the seed. Returns the settings and micro-steps."""
+    saved = state.get("config", {})
+    train = {k: v for k, v in saved.get("train", {}).items()
+             if k in TrainConfig.__dataclass_fields__ and k not in cfg.explicit and k not in INVOCATION}
+    cfg.sections["train"] = dataclasses.replace(cfg.train, **train)
+    seed = saved.get("runtime", {}).get("seed", cfg.runtime.seed)
+    if "seed" in cfg.explicit and cfg.runtime.seed != seed:
+        raise UserError(f"the checkpoint in {out_dir} was trained with seed={seed}, and a resumed run continues its "
+                        f"random streams; drop --seed={cfg.runtime.seed} to resume it, or train into another --out_dir")
+    cfg.sections["runtime"] = dataclasses.replace(cfg.runtime, seed=seed)
+    if not cfg.train.eval_only:
+        checkpoint.check_resumable(state, out_dir / "ckpt.pt")
+    return cfg.train, check_settings(cfg.train, world)
+
+
+def changed_settings(saved: dict, now: dict) -> str:
+    """'name old -> new, ...' for the settings of `now` that differ from the checkpoint's `saved` config."""
+    return ", ".join(f"{k} {saved[sec][k]!r} -> {v!r}" for sec, values in now.items() if sec in saved
+                     for k, v in values.items()
+                     if k in saved[sec] and k not in INVOCATION and sec != "runtime" and saved[sec][k] != v)
+
+
+def stale_temporaries(out_dir: Path) -> list[Path]:
+    """What a run killed while saving leaves in out_dir: the atomic writer's `.NAME.<random>.tmp` of the files
+    a run writes there (ckpt.pt, loss.png) and checkpoint.link's `.NAME.link`. Nothing else: out_dir may hold
+    the user's own hidden files."""
+    found = [f for name in ("ckpt.pt", "loss.png") for f in out_dir.glob(f".{name}.*.tmp")]
+    return found + [f for f in out_dir.glob(".*.pt.link") if f.name[1:-5] == "best.pt"
+                    or (f.name.startswith(".ckpt_") and f.name[6:-8].isdigit())]
 
 
 def dataset_id(dataset: TokenDataset) -> dict:
@@ -194,8 +234,10 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
     state = initial_state(t, dataset, out_dir)
     if t.resume and state is None and world.is_main:
         tqdm.write(f"--resume: no checkpoint in {out_dir} yet, starting a fresh run")
+    if state is not None:
+        t, micro_steps = continued_settings(cfg, state, out_dir, world)
     trained_with = (state or {}).get("config", {}).get("train", {}).get("optimizer", "adamw")
-    if state is not None and trained_with != t.optimizer:
+    if state is not None and trained_with != t.optimizer and not t.eval_only:  # evaluating needs no optimizer
         raise UserError(f"the checkpoint in {out_dir} was trained with --optimizer={trained_with}, whose state cannot "
                         f"carry over to --optimizer={t.optimizer}; resume with the same optimizer, or start a fresh run")
     if state is not None and state.get("dataset_id") not in (None, dataset_id(dataset)) and world.is_main:
@@ -225,11 +267,17 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
     rows = slice(world.rank * t.batch_size, (world.rank + 1) * t.batch_size)
     run = Run(cfg, t, rt, world, dataset, model, step_model, optimizer, scaler, batches, TrainState(), out_dir,
               micro_steps, rows, flops_per_token, resumed=state is not None)
-    if state is not None:
+    cfg.sections["model"] = model.config  # what runs is what checkpoints record
+    if state is not None and t.eval_only:
+        distributed.load_full_state(model, optimizer, state["model"], None, t.fsdp)  # the weights, nothing else
+        run.state.load_state_dict({**TrainState().state_dict(), **state})
+    elif state is not None:
         note = checkpoint.restore_training(state, model=model, optimizer=optimizer, scaler=scaler, batches=batches,
                                            train_state=run.state, world=world, fsdp=t.fsdp)
         run.say(f"resumed from {out_dir / 'ckpt.pt'} at iteration {run.state.iter_num} "
                 f"(best val loss {run.state.best_val_loss:.4f})" + (f"; note: {note}" if note else ""))
+        if changed := changed_settings({**state.get("config", {}), "model": state["model_config"]}, cfg.to_dict()):
+            run.say(f"settings changed from the checkpoint's, in effect from this iteration on: {changed}")
     elif t.model:
         run.say(f"initialised from the weights of {t.model}")
     if rt.compile:
@@ -258,7 +306,9 @@ def estimate_loss(run: Run) -> dict[str, float]:
 
 def train_step(run: Run, lr: float) -> tuple[torch.Tensor, bool]:
     """One optimizer step: gradients accumulated over micro-batches (all-reduced on the last only), then
-    clip and AdamW. Returns (mean loss, finite on every rank); a non-finite loss leaves the weights untouched."""
+    clip and AdamW. Returns (mean loss, finite on every rank); a non-finite loss or gradient leaves the weights
+    and the optimizer untouched. With fp16's GradScaler an overflowing gradient is the scaler's business (it
+    skips the step and lowers the scale, as fp16 training expects now and then), not a failed step."""
     set_lr(run.optimizer, lr, lr / run.t.learning_rate if run.t.learning_rate else 0.0, run.t.muon_lr)
     loss_sum = torch.zeros((), device=run.rt.device)
     for micro in range(run.micro_steps):
@@ -274,9 +324,9 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, bool]:
         if run.scaler.is_enabled():
             run.scaler.update(run.scaler.get_scale() / 2)
         return loss_sum, False
-    clip_and_step(run.optimizer, run.scaler, run.model.parameters(), run.t.grad_clip)
+    finite = clip_and_step(run.optimizer, run.scaler, run.model.parameters(), run.t.grad_clip)
     run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, True
+    return loss_sum, finite or run.scaler.is_enabled()
 
 
 def train(cfg: Config, launched: float | None = None) -> dict:
@@ -487,9 +537,10 @@ def _train(run: Run, launched: float) -> dict:
             if not finite:
                 if t.on_nan == "stop":
                     progress.close()
-                    raise UserError(f"the loss became {loss.item()} at iteration {it}; stopped, the last good "
+                    what = f"the loss became {loss.item()}" if not math.isfinite(loss.item()) else "a gradient became NaN/inf"
+                    raise UserError(f"{what} at iteration {it}; stopped, the last good "
                                     f"checkpoint in {run.out_dir} is untouched (lower learning_rate, or on_nan=skip)")
-                run.say(f"warning: non-finite loss at iteration {it}; step skipped")
+                run.say(f"warning: non-finite loss or gradient at iteration {it}; step skipped")
                 continue
             progress.stepped(loss, lr, budget)
             if distributed.any_flag(bool(caught), run.world, run.rt.device):

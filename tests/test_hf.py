@@ -184,3 +184,49 @@ def test_load_model_crops_to_a_shorter_context_and_reads_configs_alone(hf_folder
     checkpoint.save(tmp_path / "ckpt.pt", model, {"kind": "tiktoken", "name": "gpt2"}, iter_num=7)
     assert checkpoint.read_config(tmp_path) == short  # a checkpoint: from its header, weights left unread
     assert checkpoint.load_model(tmp_path / "ckpt.pt").description.endswith("(iter 7)")
+
+
+def _own_tokenizer(kind):
+    from conftest import TEXT
+    from minigpt.bpe import PATTERNS, train_bpe
+    from minigpt.tokenizer import BPETokenizer, CharTokenizer
+
+    if kind == "char":
+        return CharTokenizer.from_text(TEXT, eot=True)
+    if kind == "bpe":  # a small BPE of our own, trained by minigpt.bpe
+        pytest.importorskip("tokenizers")
+        return train_bpe([TEXT], 300)
+    return BPETokenizer([bytes([i]) for i in range(256)], PATTERNS["gpt2"], name="bytes")  # model vocab padded below
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe", "padded"])
+def test_export_round_trip_keeps_the_models_own_tokenizer(tmp_path, kind, capsys):
+    # It came back with GPT-2's BPE: silently for a vocabulary of >= 50257 (the padded one here, as a
+    # 50,301-token BPE), refused as "fewer than GPT-2's BPE needs" for a small one.
+    from minigpt.config import RuntimeConfig, SampleConfig
+    from minigpt.sample import sample
+
+    tok = _own_tokenizer(kind)
+    torch.manual_seed(2)
+    vocab = 50304 if kind == "padded" else tok.vocab_size
+    model = _sharpen(GPT(GPTConfig(block_size=16, vocab_size=vocab, n_layer=1, n_head=2, n_embd=16, bias=True))).eval()
+    checkpoint.save(tmp_path / "ckpt.pt", model, tok.spec())
+    dest = export_hf(tmp_path, tmp_path / "hf")
+    assert json.loads((dest / "minigpt_tokenizer.json").read_text()) == tok.spec()
+    assert "not GPT-2's" in capsys.readouterr().out
+    loaded = checkpoint.load_model(str(dest))
+    assert loaded.tokenizer.spec() == tok.spec() and checkpoint.read_header(str(dest)).tokenizer == tok.spec()
+    idx = torch.tensor([tok.encode("Speak, speak.")[:16]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(idx), model(idx), atol=1e-6, rtol=0)
+        ref = transformers.GPT2LMHeadModel.from_pretrained(dest).eval()
+        torch.testing.assert_close(ref(idx).logits, model(idx), atol=2e-5, rtol=0)
+    if kind != "padded":  # a random model samples the padding ids too, which no tokenizer decodes
+        texts = sample(SampleConfig(model=str(dest), start="Speak", num_samples=1, max_new_tokens=6, stream=False),
+                       RuntimeConfig(device="cpu"))
+        assert texts[0].startswith("Speak")
+        if kind == "char":
+            assert set(texts[0]) <= set(tok.chars)  # the char vocabulary's own characters, not GPT-2 words
+    (dest / "minigpt_tokenizer.json").write_text("{not json")
+    with pytest.raises(UserError, match="minigpt_tokenizer.json cannot be read"):
+        checkpoint.load_model(str(dest))

@@ -230,7 +230,7 @@ def test_resume_says_when_the_dataset_changed(char_dataset, tmp_path, straight, 
 
 
 def test_a_preset_that_contradicts_the_checkpoint_is_refused(char_dataset, straight):
-    with pytest.raises(UserError, match="differs from this run's settings"):
+    with pytest.raises(UserError, match="which differs from the settings given"):
         train(cfg(char_dataset, straight, max_iters=50, resume=True, preset="baby"))
 
 
@@ -274,7 +274,7 @@ def test_best_link_falls_back_to_a_copy(tmp_path, monkeypatch):
 
 
 def test_bad_input(char_dataset, tmp_path, straight):
-    with pytest.raises(UserError, match="differs from this run's settings"):
+    with pytest.raises(UserError, match="which differs from the settings given"):
         train(cfg(char_dataset, straight, max_iters=50, resume=True, n_layer=3))
     with pytest.raises(UserError, match="already holds a checkpoint"):
         train(cfg(char_dataset, straight, max_iters=50))
@@ -319,7 +319,9 @@ def test_muon_resume_is_bit_identical_and_its_settings_are_checked(char_dataset,
     state = torch.load(out / "ckpt.pt", weights_only=True)["optimizer"]
     assert any("momentum_buffer" in s for s in state["state"].values())  # Muon's state is in the checkpoint
     with pytest.raises(UserError, match="--optimizer=muon, whose state cannot carry over"):
-        train(cfg(char_dataset, out, max_iters=50, resume=True))
+        train(cfg(char_dataset, out, max_iters=50, resume=True, optimizer="adamw"))
+    train(cfg(char_dataset, out, max_iters=45, resume=True))  # not given: the checkpoint's optimizer goes on
+    assert torch.load(out / "ckpt.pt", weights_only=True)["config"]["train"]["optimizer"] == "muon"
     for bad, match in [(dict(optimizer="sgd"), "optimizer must be"), (dict(lr_schedule="linear"), "lr_schedule must be"),
                        (dict(lr_schedule="wsd", cooldown_iters=100), "cooldown_iters")]:
         with pytest.raises(UserError, match=match):
@@ -334,3 +336,192 @@ def test_muon_with_fsdp_is_refused_in_one_line(char_dataset, tmp_path):
     with pytest.raises(UserError, match="--optimizer=muon orthogonalises whole matrices, which FSDP shards"):
         check_settings(t, World(rank=0, world_size=2))
     assert check_settings(dataclasses.replace(t, optimizer="adamw"), World(rank=0, world_size=2)) == 1
+
+
+def _inf_gradient_at(monkeypatch, call):
+    """The `call`-th training forward pass gives a finite loss whose gradient is inf (every logit's)."""
+    from minigpt import trainer
+
+    real, calls = trainer.lm_loss, {"n": 0}
+
+    def poisoned(logits, targets):
+        if logits.requires_grad:
+            calls["n"] += 1
+            if calls["n"] == call:
+                logits.register_hook(lambda g: torch.full_like(g, float("inf")))
+        return real(logits, targets)
+
+    monkeypatch.setattr(trainer, "lm_loss", poisoned)
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_is_skipped_or_stops(char_dataset, tmp_path, monkeypatch, capsys):
+    # it used to step: ckpt.pt then held NaN in every weight and the run ended "done"
+    _inf_gradient_at(monkeypatch, 25)
+    out = tmp_path / "skip"
+    train(cfg(char_dataset, out, max_iters=40, on_nan="skip"))
+    assert "non-finite loss or gradient at iteration 24; step skipped" in capsys.readouterr().out
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    assert state["iter_num"] == 40 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(t).all() for s in state["optimizer"]["state"].values() for t in s.values())
+    _inf_gradient_at(monkeypatch, 25)
+    out = tmp_path / "stop"
+    with pytest.raises(UserError, match="a gradient became NaN/inf at iteration 24; stopped, the last good checkpoint"):
+        train(cfg(char_dataset, out, max_iters=40))
+    good = torch.load(out / "ckpt.pt", weights_only=True)
+    assert good["iter_num"] == 20 and all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+def test_weights_that_are_not_finite_are_never_saved(char_dataset, tmp_path, straight, monkeypatch):
+    from minigpt import checkpoint, trainer
+
+    real = trainer.clip_and_step
+
+    def overflowing_step(optimizer, *a):  # finite gradients, but a step that overflows a weight
+        finite = real(optimizer, *a)
+        optimizer.param_groups[0]["params"][0].data[0, 0] = float("inf")
+        return finite
+
+    before = (straight / "ckpt.pt").read_bytes()
+    monkeypatch.setattr(trainer, "clip_and_step", overflowing_step)
+    with pytest.raises(UserError, match=r"not saving .*ckpt.pt: the weights hold NaN or inf values \(transformer.wte"):
+        train(cfg(char_dataset, straight, max_iters=50, resume=True, on_nan="skip"))  # NaN losses after it: skipped
+    assert (straight / "ckpt.pt").read_bytes() == before and not list(straight.glob(".*.tmp"))
+    model = GPT_tiny()
+    with torch.no_grad():
+        model.lm_head.weight[1, 2] = float("nan")
+    with pytest.raises(UserError, match="NaN or inf"):
+        checkpoint.save(tmp_path / "x" / "ckpt.pt", model, {"kind": "char", "chars": "ab"})
+    assert not (tmp_path / "x" / "ckpt.pt").exists()
+
+
+def GPT_tiny():
+    from minigpt.model import GPT
+
+    return GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=2))
+
+
+def test_a_checkpoint_carries_a_checksum_and_one_flipped_byte_is_refused(char_dataset, tmp_path, straight):
+    from minigpt import checkpoint
+
+    data = (straight / "ckpt.pt").read_bytes()
+    assert data[-48:-32] == b"minigpt-sha256:\0" and data[-32:] == hashlib.sha256(data[:-48]).digest()
+    # one bit of one weight, deep inside the file: torch.load reads it without complaint
+    weights = torch.load(straight / "ckpt.pt", weights_only=True)["model"]["transformer.h.0.mlp.c_fc.weight"]
+    at = data.find(weights.numpy().tobytes()[:64])
+    assert at > 0
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "ckpt.pt").write_bytes(data[:at + 5] + bytes([data[at + 5] ^ 0x10]) + data[at + 6:])
+    with pytest.raises(UserError, match=r"damaged: its bytes do not match the checksum saved with them"):
+        checkpoint.load_model(damaged)
+    with pytest.raises(UserError, match="damaged"):
+        train(cfg(char_dataset, damaged, max_iters=50, resume=True))
+    p = run("sample.py", f"--out_dir={damaged}", "--device=cpu", "--max_new_tokens=2", check=False)
+    assert p.returncode == 2 and "damaged" in p.stderr and "Traceback" not in p.stderr
+    # a checkpoint written before checksums (no trailer) still loads, unchecked
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "ckpt.pt").write_bytes(data[:-48])
+    loaded = checkpoint.load_model(old)
+    assert torch.equal(loaded.model.transformer.h[0].mlp.c_fc.weight, weights)
+
+
+def test_a_checkpoint_missing_keys_is_refused_in_one_line(char_dataset, tmp_path, straight):
+    from minigpt import checkpoint
+
+    state = torch.load(straight / "ckpt.pt", weights_only=True)
+    for key, where in [("model_config", "load"), ("tokenizer", "load"), ("optimizer", "resume"), ("rng", "resume")]:
+        out = tmp_path / key
+        out.mkdir()
+        torch.save({k: v for k, v in state.items() if k != key}, out / "ckpt.pt")
+        if where == "load":
+            with pytest.raises(UserError, match=f"lacks {key}, which every minigpt checkpoint holds"):
+                checkpoint.load_model(out)
+        else:
+            assert checkpoint.load_model(out).model.config.n_layer == 2  # sampling needs only the model
+            with pytest.raises(UserError, match=f"holds a model but not {key}, so its training cannot continue"):
+                train(cfg(char_dataset, out, max_iters=50, resume=True))
+
+
+def test_the_start_of_run_sweep_deletes_only_the_checkpoint_writers_temporaries(tmp_path):
+    from minigpt.trainer import check_out_dir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    ours = [".ckpt.pt.1a2b3c4d.tmp", ".loss.png.0f0f0f0f.tmp", ".best.pt.link", ".ckpt_0000040.pt.link"]
+    theirs = {".notes.tmp": b"my notes", ".data.bin.12345678.tmp": b"theirs", ".my.pt.link": b"x", "a.tmp": b"y"}
+    for name in ours:
+        (out / name).write_bytes(b"half a checkpoint")
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+    check_out_dir(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == theirs
+
+
+def test_resume_without_settings_continues_with_the_checkpoints(char_dataset, tmp_path):
+    # settings left out at resume are the checkpoint's, not the defaults: `--resume` alone continues the run
+    changed = dict(learning_rate=1e-3, weight_decay=0.3, beta2=0.9, grad_clip=0.5, eval_interval=10)
+    ref, out = tmp_path / "ref", tmp_path / "parts"
+    train(cfg(char_dataset, ref, max_iters=40, **changed))
+    train(cfg(char_dataset, out, max_iters=20, **changed))
+    resumed = build_config(train_sections(), overrides={"dataset": str(char_dataset), "out_dir": str(out),
+                                                        "resume": "true", "max_iters": "40", "device": "cpu",
+                                                        "plot": "false", "threads": "1"})
+    train(resumed)
+    assert weights_hash(out) == weights_hash(ref) and losses_of(out) == losses_of(ref)
+    saved = torch.load(out / "ckpt.pt", weights_only=True)
+    assert {k: saved["config"]["train"][k] for k in changed} == changed
+    assert saved["config"]["model"] == saved["model_config"]  # the config records the model that ran
+
+
+def test_settings_given_at_resume_take_effect_and_are_recorded(char_dataset, tmp_path, straight, capsys):
+    # they used to be ignored (the optimizer's restored param groups kept the old ones), yet saved in the config
+    base = torch.load(straight / "ckpt.pt", weights_only=True)
+    assert base["config"]["train"]["weight_decay"] == 0.1 and base["model_config"]["dropout"] == 0.1
+    same, new = tmp_path / "same", tmp_path / "new"
+    for d in (same, new):
+        d.mkdir()
+        (d / "ckpt.pt").write_bytes((straight / "ckpt.pt").read_bytes())
+    train(cfg(char_dataset, same, max_iters=50, resume=True))
+    capsys.readouterr()
+    given = dict(weight_decay=0.5, beta1=0.1, beta2=0.5, dropout=0.5, learning_rate=1e-3)
+    train(cfg(char_dataset, new, max_iters=50, resume=True, **given))
+    (said,) = [line for line in capsys.readouterr().out.splitlines() if "settings changed" in line]  # one line
+    assert said.startswith("settings changed from the checkpoint's, in effect from this iteration on: ")
+    for k in ("weight_decay 0.1 -> 0.5", "beta1 0.9 -> 0.1", "beta2 0.99 -> 0.5", "dropout 0.1 -> 0.5",
+              "learning_rate 0.0015 -> 0.001", "max_iters 40 -> 50"):
+        assert k in said, k
+    state = torch.load(new / "ckpt.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0] and {tuple(g["betas"]) for g in groups} == {(0.1, 0.5)}
+    assert state["model_config"]["dropout"] == 0.5 == state["config"]["model"]["dropout"]
+    assert {k: state["config"]["train"][k] for k in given if k != "dropout"} == {k: v for k, v in given.items()
+                                                                               if k != "dropout"}
+    assert weights_hash(new) != weights_hash(same)  # they changed the training
+    with pytest.raises(UserError, match="activation='gelu'"):
+        train(cfg(char_dataset, new, max_iters=60, resume=True, activation="gelu_tanh"))
+    with pytest.raises(UserError, match="trained with seed=1337.*drop --seed=5"):
+        train(cfg(char_dataset, new, max_iters=60, resume=True, seed=5))
+
+
+def test_muon_settings_given_at_resume_take_effect(char_dataset, tmp_path):
+    muon = dict(optimizer="muon", lr_schedule="wsd", cooldown_iters=20, lr_decay_iters=40)
+    out = tmp_path / "muon"
+    train(cfg(char_dataset, out, max_iters=20, **muon))
+    train(cfg(char_dataset, out, max_iters=30, resume=True, muon_momentum=0.8, muon_weight_decay=0.05, **muon))
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    (g,) = [g for g in state["optimizer"]["param_groups"] if g["muon"]]
+    assert (g["momentum"], g["weight_decay"]) == (0.8, 0.05)
+    assert (state["config"]["train"]["muon_momentum"], state["config"]["train"]["muon_weight_decay"]) == (0.8, 0.05)
+
+
+def test_eval_only_on_a_muon_checkpoint_needs_no_optimizer_setting(char_dataset, tmp_path, capsys):
+    out = tmp_path / "muon"
+    train(cfg(char_dataset, out, max_iters=20, optimizer="muon"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    plain = train(cfg(char_dataset, out, eval_only=True))  # --optimizer left at adamw: it used to be refused
+    assert "step 20: train loss" in capsys.readouterr().out
+    with_muon = train(cfg(char_dataset, out, eval_only=True, optimizer="muon"))
+    assert plain["losses"] == with_muon["losses"] and plain["losses"]["val"] < 3.5
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

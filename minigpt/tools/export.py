@@ -1,7 +1,9 @@
 """Export a checkpoint for other tools: `python -m minigpt export --model=out --to=hf DIR`.
 
 `--to=hf` writes a Hugging Face GPT-2 folder (config.json + model.safetensors) that
-`transformers.GPT2LMHeadModel.from_pretrained(DIR)` loads and that gives the same logits as minigpt.
+`transformers.GPT2LMHeadModel.from_pretrained(DIR)` loads and that gives the same logits as minigpt, and
+beside them minigpt_tokenizer.json, the model's tokenizer spec, which minigpt's loader reads back (a model
+trained with its own tokenizer comes back with it, not with GPT-2's).
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ def export_hf(out_dir: str | Path, dest: str | Path) -> Path:
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest} exists and is not a folder; choose a folder to export into")
+    spec = tok.spec()
+    # always written, GPT-2's too: a folder exported over keeps no stale tokenizer; config.json comes last,
+    # so an interrupted export is never a complete-looking folder with the wrong tokenizer
+    atomic_write_json(dest / hf.TOKENIZER_FILE, spec)
     atomic_write_bytes(dest / "model.safetensors", save(hf.to_hf_state_dict(model), metadata={"format": "pt"}))
     atomic_write_json(dest / "config.json", config)
-    spec = tok.spec()
-    if spec != {"kind": "tiktoken", "name": "gpt2"}:
-        print(f"note: this model's tokenizer is '{spec.get('name', spec.get('kind'))}', not GPT-2's; encode text "
-              f"with minigpt's tokenizer before passing ids to transformers")
+    if spec != hf.GPT2_TOKENIZER:
+        print(f"note: this model's tokenizer is '{spec.get('name', spec.get('kind'))}', not GPT-2's: minigpt loads "
+              f"it from {hf.TOKENIZER_FILE}; with transformers, encode text with minigpt's tokenizer first")
     return dest
 
 
@@ -54,7 +59,7 @@ def main(argv: list[str]) -> int:
     if len(folders) != 1:
         raise UserError("give one folder to write, as: python -m minigpt export --model=out --to=hf DIR")
     dest = export_hf(cfg.model, folders[0])
-    print(f"wrote {dest} (config.json, model.safetensors); load it with "
+    print(f"wrote {dest} (config.json, model.safetensors, {hf.TOKENIZER_FILE}); load it with "
           f"transformers.GPT2LMHeadModel.from_pretrained('{dest}')")
     return 0
 
