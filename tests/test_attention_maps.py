@@ -105,6 +105,9 @@ def test_cli_on_imported_gpt2_weights(tmp_path, capsys):
     (["--token=dog"], "does not occur in the text"),
     (["--text=Q"], "not in this model's character vocabulary"),
     (["--out=/proc/nope/x.png"], "cannot write the heatmaps"),
+    (["--top=0"], r"--top must be in \[1, inf\), got 0"),
+    (["--init_from=gpt2"], "--init_from is now --model, as --model=gpt2"),
+    (["--out_dir=out"], "--out_dir is now --model, as --model=out"),
 ])
 def test_cli_bad_input_is_one_clear_error(char_ckpt, tmp_path, args, msg):
     with pytest.raises(UserError, match=msg):

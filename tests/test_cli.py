@@ -33,6 +33,15 @@ def test_train_logs_param_table_and_saves(trained):
     assert not any(k.startswith("_orig_mod") for k in state["model"])
 
 
+def test_the_module_entry_points_and_key_space_value(trained):
+    # python -m minigpt sample is sample.py; `--key value` is read as `--key=value`
+    tmp, out, _ = trained
+    a = run("sample.py", f"--model={out}", "--start=First", "--num_samples=1", "--max_new_tokens=10", "--seed=3").stdout
+    b = run("-m", "minigpt", "sample", "--model", str(out), "--start", "First", "--num_samples", "1",
+            "--max_new_tokens", "10", "--seed", "3", "--stream", "false").stdout
+    assert a == b and a.startswith("First")
+
+
 def test_sample_is_deterministic_for_a_seed(trained):
     tmp, out, _ = trained
     args = ("sample.py", f"--model={out}", "--start=First", "--num_samples=2", "--max_new_tokens=30", "--seed=3")
@@ -89,13 +98,43 @@ def test_long_prompt_is_cropped_with_a_note(trained):
     (["train.py", "--n_embd=10", "--n_head=3"], "divisible"),
     (["sample.py", "--model=/nonexistent/dir"], "no model at /nonexistent/dir"),
     (["sample.py", "--temperature=-1"], "temperature"),
+    (["train.py", "--seed=-1"], r"command line: --seed must be in [0, 4294967295], got -1"),
+    (["train.py", "--seed=4294967296"], "--seed must be in [0, 4294967295]"),
+    (["train.py", "--beta2=1.5"], "--beta2 must be in [0, 1), got 1.5"),
+    (["train.py", "--learning_rate=nan"], "--learning_rate must be a finite number"),
+    (["train.py", "--init_from=gpt2"], "--init_from is now --model, as --model=gpt2"),
+    (["sample.py", "--out_dir=out-baby"], "--out_dir is now --model, as --model=out-baby"),
+    (["-m", "minigpt", "evaluate", "--out_dir=out"], "--out_dir is now --model"),
     (["data/prepare.py", "/nonexistent/file.txt"], "neither"),
 ])
 def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
     p = run(*args, check=False, cwd=None)
     assert p.returncode != 0
     assert needle in p.stderr
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_prompt_file_that_is_not_utf8_or_is_empty_is_one_line(tmp_path):
+    from minigpt.errors import UserError
+    from minigpt.sample import read_prompt
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Café olé".encode("latin-1"))
+    with pytest.raises(UserError, match=r"prompt file .*latin.txt is not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        read_prompt(f"FILE:{latin}")
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match="prompt file .*empty.txt is empty"):
+        read_prompt(f"FILE:{empty}")
+    (tmp_path / "ok.txt").write_text("Café", encoding="utf-8")
+    assert read_prompt(f"FILE:{tmp_path / 'ok.txt'}") == "Café" and read_prompt("plain") == "plain"
+
+
+def test_a_bad_prompt_file_is_refused_before_the_model_loads(tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Café".encode("latin-1"))
+    p = run("sample.py", "--model=/nonexistent/dir", f"--start=FILE:{latin}", check=False)  # the model is never read
+    assert p.returncode == 2 and "is not UTF-8 text" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_checkpoint_errors(trained, tmp_path):
@@ -124,7 +163,11 @@ def test_unknown_prompt_character_and_small_dataset(trained, tmp_path):
 
 def test_one_entry_point_for_every_tool():
     p = run("-m", "minigpt", "--help")
-    assert all(name in p.stdout for name in ("params", "evaluate", "attention", "export", "bench", "bpe", "verify"))
+    assert all(name in p.stdout for name in ("train", "sample", "prepare", "params", "evaluate", "attention", "export",
+                                             "bpe", "verify"))
+    for command, setting in [("train", "--max_iters=1000"), ("sample", "--model='out'"), ("prepare", "--shard_size")]:
+        p = run("-m", "minigpt", command, "--help")
+        assert setting in p.stdout, command
     bad = run("-m", "minigpt", "parms", check=False)
     assert bad.returncode == 2 and "unknown command 'parms'" in bad.stderr
     p = run("-m", "minigpt", "params", "tiny")  # the same parser as train.py: a misspelt setting is refused

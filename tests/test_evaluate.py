@@ -36,3 +36,15 @@ def test_bits_per_byte_leaves_out_the_first_tokens_bytes(char_dataset, tmp_path)
     assert r.tokens == len(val) - 1
     assert r.bytes == len(tok.decode([int(t) for t in val[1:]]).encode("utf-8"))
     assert r.bits_per_byte == pytest.approx(r.loss * r.tokens / math.log(2) / r.bytes)
+
+
+def test_the_command_checks_its_settings_where_they_are_declared():
+    from minigpt.errors import UserError
+    from minigpt.tools.evaluate import main
+
+    for argv, msg in [(["--split=test"], "--split must be one of train, val, got 'test'"),
+                      (["--batch_size=0"], r"--batch_size must be in \[1, inf\)"),
+                      (["--quantize=int4"], "--quantize must be one of none, int8"),
+                      (["--out_dir=out"], "--out_dir is now --model, as --model=out")]:
+        with pytest.raises(UserError, match=msg):
+            main(argv)
