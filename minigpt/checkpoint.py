@@ -204,7 +204,7 @@ def check_resumable(state: dict, where: str | Path) -> None:
     """Refuse, in one line, a checkpoint that holds a model but not what continuing its training needs."""
     if missing := [k for k in TRAINING if k not in state]:
         raise UserError(f"{where} holds a model but not {', '.join(missing)}, so its training cannot continue; "
-                        f"fine-tune its weights in a fresh run with --init_from={where}, or use a checkpoint "
+                        f"fine-tune its weights in a fresh run with --model={where}, or use a checkpoint "
                         f"written by train.py")
 
 

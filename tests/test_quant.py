@@ -130,7 +130,7 @@ def char_ckpt(tmp_path):
 def test_bad_quantize_setting_is_one_clear_error(char_ckpt):
     for bad in ("int4", "INT8", ""):
         with pytest.raises(UserError, match=r"^--quantize must be one of none, int8, got '.*'$"):
-            sample(SampleConfig(out_dir=str(char_ckpt), quantize=bad), CPU_RUN)
+            sample(SampleConfig(model=str(char_ckpt), quantize=bad), CPU_RUN)
     with pytest.raises(ValueError, match="quantize must be one of"):
         quant.quantize(GPT(CFG), "fp8")
 
@@ -139,7 +139,7 @@ def test_sampling_int8_leaves_the_float_checkpoint_as_it_was(char_ckpt, capsys):
     path = char_ckpt / "ckpt.pt"
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     before = checkpoint.load_model(char_ckpt).model.state_dict()
-    texts = sample(SampleConfig(out_dir=str(char_ckpt), start="ab", num_samples=2, max_new_tokens=8,
+    texts = sample(SampleConfig(model=str(char_ckpt), start="ab", num_samples=2, max_new_tokens=8,
                                 temperature=0.0, quantize="int8"), CPU_RUN)
     assert len(texts) == 2 and all(len(t) == 10 for t in texts)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest

@@ -416,7 +416,7 @@ def test_a_checkpoint_carries_a_checksum_and_one_flipped_byte_is_refused(char_da
         checkpoint.load_model(damaged)
     with pytest.raises(UserError, match="damaged"):
         train(cfg(char_dataset, damaged, max_iters=50, resume=True))
-    p = run("sample.py", f"--out_dir={damaged}", "--device=cpu", "--max_new_tokens=2", check=False)
+    p = run("sample.py", f"--model={damaged}", "--device=cpu", "--max_new_tokens=2", check=False)
     assert p.returncode == 2 and "damaged" in p.stderr and "Traceback" not in p.stderr
     # a checkpoint written before checksums (no trailer) still loads, unchecked
     old = tmp_path / "old"
