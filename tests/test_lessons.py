@@ -1,12 +1,14 @@
-"""The lectures' attention variants agree with each other and with the model's SDPA attention."""
+"""The attention lesson's variants agree with each other and with the model's SDPA attention; without
+positions self-attention is blind to word order, with them it is not; dot product against cosine."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from minigpt.lessons.attention import (
-    INPUTS, CausalAttention, CrossAttention, MultiHeadAttention, MultiHeadAttentionWrapper, SelfAttention,
-    fuse_wrapper_weights, simplified_attention, simplified_attention_loop,
+    INPUTS, WORDS, CausalAttention, CrossAttention, LearnedPositions, MultiHeadAttention, MultiHeadAttentionWrapper,
+    SelfAttention, cosine_similarities, dot_products, fuse_wrapper_weights, simplified_attention,
+    simplified_attention_loop, sinusoidal_positions,
 )
 from minigpt.model import CausalSelfAttention, GPTConfig
 
@@ -15,7 +17,7 @@ def test_loop_form_equals_matrix_form():
     torch.manual_seed(0)
     for x in (INPUTS, torch.randn(9, 5)):
         assert torch.allclose(simplified_attention_loop(x), simplified_attention(x), atol=1e-6)
-    # the lectures' context vector for "journey"
+    # the context vector for "journey" of Raschka's chapter 3
     assert torch.allclose(simplified_attention(INPUTS)[1], torch.tensor([0.4419, 0.6515, 0.5683]), atol=1e-4)
 
 
@@ -156,5 +158,79 @@ def test_walkthrough_prints_each_step(capsys):
     out = capsys.readouterr().out
     for s in ("(a) simplified", "(b) self-attention", "(c) causal", "(d) multi-head", "(e) bidirectional", "0.4419",
               "-inf", "loop form equals matrix form: True", "wrapper equals fused: True",
-              "(c) with causal=False equals (b): True", "cross-attention on (x, x) equals self-attention (b): True"):
+              "(c) with causal=False equals (b): True", "cross-attention on (x, x) equals self-attention (b): True",
+              "cosine similarities", "(f) positions", "outputs of the shuffled sentence == shuffled outputs: True",
+              "with positions, outputs of the shuffled sentence == shuffled outputs: False"):
         assert s in out
+
+
+def test_padding_mask_makes_a_padded_sentence_encode_as_the_sentence_alone():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(6, 8, context_length=9, num_heads=2, causal=False)
+    x = torch.rand(1, 5, 6)
+    padded = torch.cat([x, torch.rand(1, 4, 6)], dim=1)  # four padding tokens after the sentence
+    pad = torch.tensor([[False] * 5 + [True] * 4])
+    assert torch.allclose(attn(padded, pad)[:, :5], attn(x), atol=1e-6)
+    assert not torch.allclose(attn(padded)[:, :5], attn(x), atol=1e-3)  # unmasked, the padding leaks in
+    cross = CrossAttention(6, 4)
+    w = cross.weights(torch.rand(1, 3, 6), padded, pad)  # (1, 3, 9)
+    assert torch.allclose(w.sum(dim=-1), torch.ones(1, 3)) and (w[..., 5:] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# (f) positions
+
+SHUFFLE = [5, 1, 2, 3, 4, 0]  # first and last word swapped
+
+
+def _unmasked_attentions():
+    torch.manual_seed(0)
+    cross = CrossAttention(3, 4)
+    return [SelfAttention(3, 4), MultiHeadAttention(3, 4, context_length=6, num_heads=2, causal=False),
+            lambda x: cross(x, x)]
+
+
+def test_without_positions_shuffled_tokens_give_the_same_outputs_shuffled():
+    for attn in _unmasked_attentions():
+        for x in (INPUTS, torch.rand(6, 3)):
+            out = attn(x.unsqueeze(0))[0]
+            assert torch.allclose(attn(x[SHUFFLE].unsqueeze(0))[0], out[SHUFFLE], atol=1e-6)
+            perm = torch.randperm(6)
+            assert torch.allclose(attn(x[perm].unsqueeze(0))[0], out[perm], atol=1e-6)
+
+
+def test_with_positions_the_shuffled_outputs_differ():
+    torch.manual_seed(0)
+    learned = LearnedPositions(6, 3)
+    for add_positions in (lambda x: x + sinusoidal_positions(6, 3), learned):
+        for attn in _unmasked_attentions():
+            out = attn(add_positions(INPUTS).unsqueeze(0))[0]
+            shuffled = attn(add_positions(INPUTS[SHUFFLE]).unsqueeze(0))[0]
+            assert not torch.allclose(shuffled, out[SHUFFLE], atol=1e-3)
+            # every row changed, not only those of the two words that moved: each reads the whole sentence
+            assert not torch.isclose(shuffled, out[SHUFFLE], atol=1e-6).all(dim=-1).any()
+
+
+def test_sinusoidal_positions_follow_the_formula():
+    pe = sinusoidal_positions(50, 8)
+    t = torch.arange(50.0)
+    assert torch.allclose(pe[:, 0], torch.sin(t)) and torch.allclose(pe[:, 1], torch.cos(t))  # i = 0: speed 1
+    assert torch.allclose(pe[:, 6], torch.sin(t / 10000 ** (6 / 8)), atol=1e-6)
+    assert torch.allclose(pe[:, 7], torch.cos(t / 10000 ** (6 / 8)), atol=1e-6)
+    assert len({tuple(row) for row in pe.round(decimals=4).tolist()}) == 50  # every position its own vector
+    assert sinusoidal_positions(6, 3).shape == (6, 3)  # an odd width: one more sine than cosines
+
+
+def test_cosine_keeps_the_angle_dot_product_grows_with_length():
+    x = INPUTS
+    cos, dot = cosine_similarities(x), dot_products(x)
+    assert torch.allclose(cos, F.cosine_similarity(x[:, None], x[None, :], dim=-1), atol=1e-6)
+    assert torch.allclose(cos.diagonal(), torch.ones(6))
+    assert torch.allclose(dot, x @ x.T)  # the scores of (a)
+    longer = x.clone()
+    longer[5] *= 3  # "step", three times as long, same direction
+    assert torch.allclose(cosine_similarities(longer), cos, atol=1e-6)
+    assert torch.allclose(dot_products(longer)[0, 5], 3 * dot[0, 5])
+    # the walkthrough's example: by dot product "Your" is closer to "step" than to "with", by cosine not
+    your, with_, step = WORDS.index("Your"), WORDS.index("with"), WORDS.index("step")
+    assert dot[your, step] > dot[your, with_] and cos[your, step] < cos[your, with_]
