@@ -106,10 +106,19 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             raise UserError(f"reading {folder}'s safetensors needs the optional packages: pip install -e '.[hf]'") from None
         if (folder / "model.safetensors").is_file():
             return load_file(folder / "model.safetensors")
-        index = json.loads((folder / "model.safetensors.index.json").read_text())  # a sharded checkpoint
+        index_file = folder / "model.safetensors.index.json"  # a sharded checkpoint
+        try:
+            shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{index_file} is not a readable safetensors index ({type(e).__name__}: {e}); "
+                            f"download or save the model again") from None
         state = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(folder / shard))
+        for shard in shards:
+            path = folder / str(shard)
+            if Path(str(shard)).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+                raise UserError(f"{index_file} names the shard '{shard}', outside {folder}; an index may only name "
+                                f"files in its own folder")
+            state.update(load_file(path))
         return state
     if (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
