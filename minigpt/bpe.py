@@ -32,7 +32,7 @@ class BPEConfig:
     vocab_size: int = opt(0, "tokens in total, <|endoftext|> included (at least 257)")
     out: str = opt("", "where to write the tokenizer (.json)")
     pattern: str = opt("gpt4", "split pattern: gpt4 or gpt2")
-    sample_mb: float = opt(100.0, "train on at most this many MB of text")
+    sample_mb: float = opt(100.0, "train on at most this many MB of text", range="(0, inf)")
     text_field: str = opt("text", "column holding the text (JSONL, parquet, hf:)")
 
 
@@ -123,8 +123,6 @@ def main(argv: list[str]) -> int:
         raise UserError("give at least one --input=SOURCE and --out=FILE.json (and --vocab_size=N); "
                         "see python -m minigpt bpe --help")
     _check(cfg.vocab_size, cfg.pattern)  # before reading any text
-    if not cfg.sample_mb > 0:
-        raise UserError(f"--sample_mb must be positive, got {cfg.sample_mb}")
     name = Path(cfg.out).stem
     texts = sample_texts(cfg.input, max(1, int(cfg.sample_mb * 1e6)), cfg.text_field)
     first = next((t for t in texts if t), None)  # an empty corpus would give a tokenizer of bytes alone

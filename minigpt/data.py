@@ -24,7 +24,6 @@ from . import tokenizer as tokenizers
 from .errors import UserError
 
 SPLITS = ("train", "val")
-OLD_FORMAT = "minigpt-tokens"  # train.bin / val.bin written by minigpt before the one pipeline
 
 
 def resolve_dataset(dataset: str, data_root: str | Path = "data") -> Path:
@@ -49,7 +48,7 @@ class TokenDataset:
             self.meta = json.loads((self.path / "meta.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"{self.path / 'meta.json'} cannot be read ({e}); prepare the dataset again") from None
-        if self.meta.get("format") == OLD_FORMAT:
+        if self.meta.get("format") == shards.OLD_FORMAT:
             raise UserError(f"{self.path} holds train.bin/val.bin from an older minigpt; prepare it again with "
                             f"`python data/prepare.py SOURCE --out={self.path} --overwrite`")
         if self.meta.get("format") != shards.FORMAT:

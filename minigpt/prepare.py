@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -42,7 +43,7 @@ from . import tokenizer as tokenizers
 from .config import opt, parse_cli
 from .errors import UserError, run_cli
 from .fileio import atomic_write_json
-from .shards import FORMAT, SPLITS, VERSION, ShardWriter, token_dtype
+from .shards import FORMAT, OLD_FORMAT, SPLITS, VERSION, ShardWriter, shard_files, token_dtype
 
 STATE = "prepare_state.json"
 LONG_DOC = 1 << 16  # characters from which a document is split within itself rather than sent whole
@@ -56,12 +57,12 @@ class PrepareConfig:
     out: str = opt("", "output folder (default: data/<name>)")
     input: str = opt("", "local copy of the source file (tinyshakespeare)")
     val_fraction: float = opt(0.1, "share held out for validation: of the characters of a long document, else "
-                                    "of the documents")
+                                    "of the documents", range="(0, 1)")
     split: str = opt("train", "split of the Hugging Face dataset to read (hf: sources)")
     revision: str = opt("", "branch, tag or commit of the Hugging Face dataset (hf: sources)")
     text_field: str = opt("text", "column holding the text (hf:, .jsonl, .parquet)")
-    num_proc: int = opt(1, "tokenizer processes")
-    shard_size: int = opt(100_000_000, "tokens per shard")
+    num_proc: int = opt(1, "tokenizer processes", range="[1, inf)")
+    shard_size: int = opt(100_000_000, "tokens per shard", range="[1, inf)")
     overwrite: bool = opt(False, "replace a dataset already prepared (or half prepared) in --out")
 
 
@@ -182,42 +183,99 @@ def _check(out: Path, val_fraction: float, shard_size: int, num_proc: int, overw
         raise UserError(f"--val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if shard_size < 1 or num_proc < 1:
         raise UserError(f"--shard_size and --num_proc must be positive, got {shard_size} and {num_proc}")
-    if (out / "meta.json").is_file() and not overwrite:
+    meta = out / "meta.json"
+    if meta.is_file() and _meta_format(meta) not in (FORMAT, OLD_FORMAT):
+        raise UserError(f"{meta} is not the meta.json of a minigpt dataset, and preparing would replace it; "
+                        f"choose another --out=DIR")
+    if meta.is_file() and not overwrite:
+        (out / STATE).unlink(missing_ok=True)  # left by an interrupt after meta.json was written: nothing to resume
         raise UserError(f"{out} already holds a prepared dataset; pass --overwrite to prepare it again, or choose "
                         f"another --out=DIR")
+
+
+def _meta_format(meta: Path) -> str | None:
+    try:
+        return json.loads(meta.read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _clear(out: Path) -> list[str]:
+    """--overwrite: delete what a preparation writes (shards, meta.json, its progress record and their
+    temporaries; train.bin/val.bin of an old-format dataset) and nothing else. Returns what was left alone."""
+    old_format = (out / "meta.json").is_file() and _meta_format(out / "meta.json") == OLD_FORMAT
+    ours = {p for _, p in shard_files(out)}  # refuses a file with a shard's name that is not one
+    kept = []
+    for path in sorted(out.iterdir()):
+        if (path in ours or path.name in ("meta.json", STATE)
+                or re.fullmatch(rf"\.({re.escape(STATE)}|meta\.json)\.\w+\.tmp", path.name)
+                or (old_format and path.name in ("train.bin", "val.bin"))):
+            path.unlink()
+        else:
+            kept.append(path.name)
+    return kept
 
 
 def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size: int = 100_000_000,
                     val_fraction: float = 0.1, num_proc: int = 1, overwrite: bool = False,
                     batch_chars: int = 1 << 20) -> dict:
-    """Tokenize a source into a sharded dataset under `out_dir` (resuming an unfinished one); return its meta."""
+    """Tokenize a source into a sharded dataset under `out_dir` (resuming an unfinished one); return its meta.
+
+    Progress is committed a whole batch at a time: `committed` is the state after the last batch both
+    splits hold, and it is what `prepare_state.json` records (after every finished shard and on any
+    interrupt, once the files hold it). A resume rolls the shard files back to it (ShardWriter), so an
+    interrupt at any point, even between a batch's train and val writes, resumes to the same dataset."""
     out = Path(out_dir)
     _check(out, val_fraction, shard_size, num_proc, overwrite)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     settings = {"tokenizer": tok.spec(), "source": source.description, "shard_size": shard_size,
                 "val_fraction": val_fraction}
     state_path = out / STATE
-    if overwrite:  # train.bin / val.bin of the old single-file format go too
-        for f in [*out.glob("*.bin"), *out.glob("*.bin.partial"), state_path, out / "meta.json"]:
-            f.unlink(missing_ok=True)
-    state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    if overwrite and (kept := _clear(out)):
+        print(f"--overwrite: left {len(kept)} file(s) in {out} that a preparation does not write alone: "
+              f"{', '.join(kept[:5])}{', ...' * (len(kept) > 5)}", file=sys.stderr)
+    try:
+        state = json.loads(state_path.read_text()) if state_path.is_file() else None
+    except ValueError:
+        raise UserError(f"{state_path} is corrupt; start over with --overwrite") from None
     if state is not None and state["settings"] != settings:
         raise UserError(f"{out} holds an unfinished preparation with other settings (source, tokenizer, "
                         f"shard_size or val_fraction); repeat those to resume it, or pass --overwrite")
     dtype = token_dtype(tok.vocab_size)
     writers = {s: ShardWriter(out, s, dtype, shard_size, state and state["splits"][s]) for s in SPLITS}
     done = state["pieces"] if state else 0
+    committed = {"settings": settings, "pieces": done, "splits": {s: w.state() for s, w in writers.items()}}
 
-    def save_state(pieces: int) -> None:
+    def save_state() -> None:
         for w in writers.values():
-            w.sync()  # the partial files hold at least what the state says before the state says it
-        atomic_write_json(state_path, {"settings": settings, "pieces": pieces,
-                                       "splits": {s: w.state() for s, w in writers.items()}})
+            w.sync()  # the files hold at least what the state says before the state says it
+        atomic_write_json(state_path, committed)
+
+    @contextmanager
+    def resumable():
+        """On an interrupt or error, record the last whole batch, so the same command resumes from it."""
+        try:
+            yield
+        except BaseException as e:
+            bar.close()
+            try:
+                save_state()
+            except Exception:  # e.g. the disk is full: the state recorded before still holds
+                pass
+            for w in writers.values():
+                w.close()
+            if isinstance(e, KeyboardInterrupt):
+                raise UserError(f"interrupted after {committed['pieces']:,} pieces; run the same command again "
+                                f"to resume") from None
+            raise
 
     def discard() -> None:
         for w in writers.values():
             w.discard()
         state_path.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
 
     if done:
         print(f"resuming: {done:,} pieces already prepared, "
@@ -227,7 +285,7 @@ def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size:
     t0, n_bytes = time.time(), 0
 
     def consume(end: int, result: dict) -> None:
-        nonlocal done, n_bytes
+        nonlocal committed, n_bytes
         finished = False
         for split, r in result.items():
             finished |= writers[split].write(r["ids"])
@@ -236,23 +294,14 @@ def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size:
             writers[split].counts["tokens"] += int(r["ids"].size)
             bar.update(r["documents"])
             n_bytes += r["bytes"]
-        done = end
+        committed = {"settings": settings, "pieces": end, "splits": {s: w.state() for s, w in writers.items()}}
         if finished:
-            save_state(done)
+            save_state()
         bar.set_postfix(tokens=f"{sum(w.counts['tokens'] for w in writers.values()):,}",
                         MBps=f"{n_bytes / 1e6 / max(time.time() - t0, 1e-9):.1f}", refresh=False)
 
-    try:
+    with resumable():
         _encode_in_order(batches, tok.spec(), dtype.name, num_proc, consume)
-    except KeyboardInterrupt:
-        save_state(done)
-        bar.close()
-        raise UserError(f"interrupted after {done:,} pieces; run the same command again to resume") from None
-    except BaseException:
-        bar.close()
-        for w in writers.values():
-            w.f.close()
-        raise
     bar.close()
 
     counts = {s: w.counts for s, w in writers.items()}
@@ -265,10 +314,11 @@ def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size:
         raise UserError(f"{source.description} has too little text for a {empty} split with --val_fraction="
                         f"{val_fraction} ({counts['train']['documents'] + counts['val']['documents']} short "
                         f"document(s)); change --val_fraction or add text")
-    for w in writers.values():
-        w.finish()
-    meta = _meta(tok, dtype, source, writers, shard_size, val_fraction)
-    atomic_write_json(out / "meta.json", meta)  # written last: a dataset with meta.json is complete
+    with resumable():
+        for w in writers.values():
+            w.finish()
+        meta = _meta(tok, dtype, source, writers, shard_size, val_fraction)
+        atomic_write_json(out / "meta.json", meta)  # written last: a dataset with meta.json is complete
     state_path.unlink(missing_ok=True)
     return meta
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from .config import opt, parse_cli
 from .errors import UserError, run_cli
 
 FORMAT = "minigpt-shards"
+OLD_FORMAT = "minigpt-tokens"  # train.bin / val.bin written by minigpt before the shards: refused, replaced
 MAGIC = b"MGPTSHRD"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")  # magic, version, bytes per token, token count, padding: 32 bytes
@@ -159,8 +161,40 @@ def dataset_bytes(meta: dict) -> int:
 
 # ---- writing shards as tokens arrive ---------------------------------------------------------------
 
+SHARD_NAME = re.compile(r"(?P<split>train|val)_(?P<index>\d{6})\.bin(?:\.partial)?")
+
+
+def _is_shard(path: Path) -> bool:
+    """A file this module wrote: it starts with the magic bytes (or is a `.partial` cut before its header)."""
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+    return head == MAGIC or (path.name.endswith(".partial") and MAGIC.startswith(head)
+                             and path.stat().st_size < HEADER.size)
+
+
+def shard_files(folder: Path, split: str | None = None) -> list[tuple[int, Path]]:
+    """(index, path) of the files in `folder` named like shards (of `split`), finished or `.partial`; a file
+    with such a name that is not a shard is refused rather than overwritten or deleted."""
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        m = SHARD_NAME.fullmatch(path.name)
+        if m and (split is None or m["split"] == split):
+            if not (path.is_file() and _is_shard(path)):
+                raise UserError(f"{path} has the name of a minigpt shard but is not one; move it out of {folder} "
+                                f"or choose another --out")
+            found.append((int(m["index"]), path))
+    return found
+
+
 class ShardWriter:
-    """Appends one split's tokens to `.partial` shard files, finishing a shard every `shard_size` tokens."""
+    """Appends one split's tokens to `.partial` shard files, finishing a shard every `shard_size` tokens.
+
+    `state()` is all a resume needs: the finished shards, the tokens in the partial one and the counts.
+    A writer made from a state rolls the folder back to it, so a crash anywhere after that state was
+    recorded costs nothing but the work since: the partial shard is cut back to its recorded length
+    (taken back first if it was finished since) and shards begun since are deleted. Without a state
+    the same holds for an empty one.
+    """
 
     def __init__(self, out: Path, split: str, dtype: np.dtype, shard_size: int, state: dict | None = None):
         self.out, self.split, self.dtype, self.shard_size = out, split, np.dtype(dtype), shard_size
@@ -168,19 +202,27 @@ class ShardWriter:
         self.shards: list[dict] = list(state["shards"])
         self.counts = {k: state[k] for k in ("tokens", "bytes", "documents", "pieces")}
         for entry in self.shards:  # finished shards are kept, not redone; check they are still whole
-            read_header(out / entry["file"])
-        self._open(state["partial"])
+            read_header(shard_file(out, entry["file"]))
+        self._roll_back(state["partial"])
 
-    def _partial_path(self) -> Path:
-        return self.out / f"{self.split}_{len(self.shards):06d}.bin.partial"
+    def _path(self, index: int, partial: bool = True) -> Path:
+        return self.out / f"{self.split}_{index:06d}.bin{'.partial' * partial}"
 
-    def _open(self, n: int) -> None:
-        path = self._partial_path()
-        if n and not path.is_file():
-            raise UserError(f"the unfinished preparation in {self.out} lost {path.name}; start over with --overwrite")
-        self.f = open(path, "r+b" if n else "wb")
-        if n:  # resume: drop whatever was written after the last recorded state
-            self.f.truncate(HEADER.size + n * self.dtype.itemsize)
+    def _roll_back(self, n: int) -> None:
+        k = len(self.shards)
+        partial = self._path(k)
+        for index, path in shard_files(self.out, self.split):
+            if index > k or (index < k and path.name.endswith(".partial")):
+                path.unlink()  # written after the state was recorded
+            elif index == k and path != partial:
+                os.replace(path, partial)  # finished after the state was recorded: its start is the partial shard
+        need = HEADER.size + n * self.dtype.itemsize
+        if n and not (partial.is_file() and partial.stat().st_size >= need):
+            raise UserError(f"the unfinished preparation in {self.out} lost part of {partial.name}; start over "
+                            f"with --overwrite")
+        self.f = open(partial, "r+b" if n else "wb")
+        if n:  # drop whatever was written after the recorded state
+            self.f.truncate(need)
             self.f.seek(0, os.SEEK_END)
         else:
             self.f.write(header(self.dtype, 0))  # the count is filled in when the shard is finished
@@ -195,7 +237,9 @@ class ShardWriter:
             self.n += head.size
             if self.n == self.shard_size:
                 self._finish_shard()
-                self._open(0)
+                self.f = open(self._path(len(self.shards)), "wb")
+                self.f.write(header(self.dtype, 0))
+                self.n = 0
                 finished = True
         return finished
 
@@ -204,13 +248,18 @@ class ShardWriter:
         self.f.write(header(self.dtype, self.n))
         self.sync()
         self.f.close()
-        final = self.out / f"{self.split}_{len(self.shards):06d}.bin"
-        os.replace(self._partial_path(), final)
+        final = self._path(len(self.shards), partial=False)
+        os.replace(self._path(len(self.shards)), final)
         self.shards.append({"file": final.name, "tokens": self.n, "sha256": file_sha256(final)})
 
     def sync(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        """Make what was written durable (the partial file; finished shards were synced when finished)."""
+        if not self.f.closed:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
 
     def finish(self) -> None:
         """Close the last shard (if it holds tokens)."""
@@ -218,14 +267,14 @@ class ShardWriter:
             self._finish_shard()
         else:
             self.f.close()
-            self._partial_path().unlink()
+            self._path(len(self.shards)).unlink()
 
     def discard(self) -> None:
         self.f.close()
-        self._partial_path().unlink(missing_ok=True)
+        self._path(len(self.shards)).unlink(missing_ok=True)
 
     def state(self) -> dict:
-        return {"shards": self.shards, "partial": self.n, **self.counts}
+        return {"shards": list(self.shards), "partial": self.n, **self.counts}
 
 
 def verify(path: str | Path) -> dict:

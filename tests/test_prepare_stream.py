@@ -1,11 +1,12 @@
 """The preparation pipeline: every source, the split, worker processes, resume, one line for bad input."""
 
 import json
+import os
 
 import pytest
 
 from conftest import needs_gpt2, run
-from minigpt import corpus, prepare
+from minigpt import corpus, prepare, shards
 from minigpt.data import TokenDataset
 from minigpt.errors import UserError
 from minigpt.prepare import STATE, char_tokenizer, prepare_dataset
@@ -13,6 +14,7 @@ from minigpt.prepare import STATE, char_tokenizer, prepare_dataset
 DOCS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (3 + i % 7) + "ünïcödé ✓\n"
         for i in range(60)]
 EOT = "<|endoftext|>"
+SPLITS = ("train", "val")
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +146,118 @@ def test_resumed_preparation_equals_uninterrupted(tmp_path, gpt2, num_proc=2):
         json.loads((tmp_path / "straight" / "meta.json").read_text())["splits"]
 
 
+class Faults:
+    """Raises KeyboardInterrupt at the `at`-th call of any file operation the pipeline makes (a write, flush,
+    truncate or close of a shard file, os.fsync / os.replace / os.unlink, a shard's sha256): "before" the
+    operation (a write is torn: half its bytes land) or "after" it. `at=0` only counts and names them."""
+
+    def __init__(self, at: int = 0, mode: str = "before"):
+        self.at, self.mode, self.names = at, mode, []
+
+    def __call__(self, name, fn, *args, torn=None):
+        self.names.append(name)
+        hit = len(self.names) == self.at
+        if hit and self.mode == "before":
+            if torn:
+                torn()
+            raise KeyboardInterrupt
+        out = fn(*args)
+        if hit:
+            raise KeyboardInterrupt
+        return out
+
+    def patch(self, m):
+        faults = self
+
+        class File:  # a shard file whose operations are boundaries
+            def __init__(self, f):
+                self._f = f
+
+            def write(self, data):
+                return faults("write", self._f.write, data, torn=lambda: self._f.write(bytes(data)[:len(data) // 2]))
+
+            def flush(self):
+                return faults("flush", self._f.flush)
+
+            def truncate(self, *a):
+                return faults("truncate", self._f.truncate, *a)
+
+            def close(self):
+                return faults("close", self._f.close)
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._f.close()
+
+        real_open = open
+        m.setattr(shards, "open", lambda *a, **k: File(real_open(*a, **k)), raising=False)
+        real_sha = shards.file_sha256
+        m.setattr(shards, "file_sha256", lambda *a: faults("sha256", real_sha, *a))
+        m.setattr(os, "fsync", lambda fd: faults("os.fsync", lambda _: None, fd))  # a boundary, not a slow disk flush
+        for name in ("replace", "unlink"):
+            real = getattr(os, name)
+            m.setattr(os, name, lambda *a, _real=real, _name=name: faults(f"os.{_name}", _real, *a))
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+def test_an_interrupt_at_any_file_operation_resumes_to_the_same_dataset(tmp_path, monkeypatch, mode):
+    """Bug 1: Ctrl-C between a batch's train and val writes gave a resumed dataset with that batch twice, and
+    one while a finished shard was hashed gave `ValueError: flush of closed file` and a folder no rerun would
+    take. Interrupt at every file operation in turn; the rerun must give the uninterrupted run's files."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, d in enumerate(DOCS[:20]):
+        (src / f"{i:03d}.txt").write_text(d)
+    source = corpus.open_source(str(src))
+    tok = char_tokenizer(source)
+    kw = dict(shard_size=800, val_fraction=0.3, batch_chars=1200)  # 5 train and 3 val shards, batches of both
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # durability is not what is tested; fsync is slow here
+    count = Faults()
+    with monkeypatch.context() as m:
+        count.patch(m)
+        prepare_dataset(source, tok, tmp_path / "straight", **kw)
+    straight = files(tmp_path / "straight")
+    want = [sum(len(v) - shards.HEADER.size for k, v in straight.items() if k.startswith(s)) // 2 for s in SPLITS]
+    assert sorted(straight) == [f"{s}_{i:06d}.bin" for s, n in (("train", 5), ("val", 3)) for i in range(n)]
+    assert len(count.names) > 90
+    failures = []
+    for at in range(1, len(count.names) + 1):
+        out = tmp_path / f"at{at}"
+        faults = Faults(at, mode)
+        try:
+            with monkeypatch.context() as m:
+                faults.patch(m)
+                prepare_dataset(source, tok, out, **kw)
+            failures.append(f"{at} ({faults.names[at - 1]}): the interrupt was lost")
+            continue
+        except (UserError, KeyboardInterrupt):
+            pass  # "interrupted ...; run the same command again", or Ctrl-C once meta.json is written
+        except Exception as e:
+            failures.append(f"{at} ({faults.names[at - 1]}): {type(e).__name__}: {e}")
+            continue
+        try:
+            prepare_dataset(source, tok, out, **kw)
+        except UserError as e:
+            if not (out / "meta.json").is_file():  # refused only because it is whole already
+                failures.append(f"{at} ({faults.names[at - 1]}): rerun refused: {e}")
+                continue
+        got = files(out)
+        if got != straight:
+            n = [sum(len(v) - shards.HEADER.size for k, v in got.items() if k.startswith(s)) // 2 for s in SPLITS]
+            failures.append(f"{at} ({faults.names[at - 1]}): resumed to {n[0]} train and {n[1]} val tokens, "
+                            f"not {want[0]} and {want[1]}")
+        elif sorted(p.name for p in out.iterdir()) != sorted([*straight, "meta.json"]):
+            failures.append(f"{at} ({faults.names[at - 1]}): leftovers {sorted(p.name for p in out.iterdir())}")
+        else:
+            shards.verify(out)
+    assert not failures, f"{len(failures)} of {len(count.names)} interrupt points:\n" + "\n".join(failures)
+
+
 @needs_gpt2
 def test_resume_with_other_settings_and_prepared_folder_are_refused(tmp_path, gpt2):
     import datasets
@@ -156,6 +270,60 @@ def test_resume_with_other_settings_and_prepared_folder_are_refused(tmp_path, gp
     prepare_dataset(source, gpt2, tmp_path / "d", shard_size=300, overwrite=True)
     with pytest.raises(UserError, match="already holds"):
         prepare_dataset(source, gpt2, tmp_path / "d", shard_size=300)
+
+
+def test_overwrite_removes_only_what_a_preparation_wrote(tmp_path, capsys):
+    """Bug 3: --overwrite deleted every *.bin in --out (a user's my_model.bin too). It deletes the shards,
+    meta.json, the progress record and their temporaries, leaves every other file alone and says so."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, d in enumerate(DOCS[:20]):
+        (src / f"{i:03d}.txt").write_text(d)
+    source = corpus.open_source(str(src))
+    tok = char_tokenizer(source)
+    out = tmp_path / "ds"
+    prepare_dataset(source, tok, out, shard_size=300)
+    assert len(files(out)) > 10
+    mine = {"my_model.bin": b"\x00weights", "train.bin": b"a user's file", "notes.txt": b"keep me",
+            "val_000002.bin.bak": b"a copy"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    (out / "runs").mkdir()
+    (out / ".meta.json.1a2b3c4d.tmp").write_text("{")  # a temporary of a killed meta.json write: ours
+    capsys.readouterr()
+    meta = prepare_dataset(source, tok, out, shard_size=2000, overwrite=True)
+    new = {f"{s}_{i:06d}.bin" for s in ("train", "val") for i in range(len(meta["splits"][s]["shards"]))}
+    assert sorted(p.name for p in out.iterdir()) == sorted([*new, "meta.json", *mine, "runs"])
+    assert all((out / name).read_bytes() == data for name, data in mine.items())
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "--overwrite" in ln]
+    assert "left 5 file(s)" in line and "my_model.bin" in line and "alone" in line
+    shards.verify(out)
+
+    # a file with a shard's name that is not a shard is never overwritten nor deleted: refused, nothing touched
+    (out / "val_000007.bin").write_bytes(b"not a shard at all")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="val_000007.bin has the name of a minigpt shard but is not one"):
+        prepare_dataset(source, tok, out, shard_size=300, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    (out / "val_000007.bin").unlink()
+
+    # train.bin / val.bin go only with the old single-file dataset they belong to
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"format": "minigpt-tokens", "dtype": "uint16"}))
+    for name in ("train.bin", "val.bin", "my_model.bin"):
+        (old / name).write_bytes(b"\x01\x02")
+    prepare_dataset(source, tok, old, shard_size=2000, overwrite=True)
+    assert sorted(p.name for p in old.iterdir()) == sorted([*new, "meta.json", "my_model.bin"])
+
+    # a meta.json that is not a minigpt dataset's is not replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "meta.json").write_text('{"project": "something else"}')
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="not the meta.json of a minigpt dataset"):
+            prepare_dataset(source, tok, other, shard_size=2000, overwrite=overwrite)
+    assert sorted(p.name for p in other.iterdir()) == ["meta.json"]
 
 
 def _bad(tmp_path, source: str, tokenizer: str = "char") -> str:
@@ -205,8 +373,9 @@ def test_cli_prepares_and_refuses_in_one_line(tmp_path, corpus_file):
     proc = run("data/prepare.py", str(corpus_file), f"--out={out}")
     assert "vocabulary" in proc.stdout and TokenDataset(out).meta["source"].startswith("file:")
     for args, words in [([str(corpus_file), f"--out={out}"], "--overwrite"),
-                        ([str(corpus_file), "--out", str(out)], "--out=VALUE"),
-                        ([str(corpus_file), f"--out={tmp_path / 'x'}", "--val_fraction=1"], "between 0 and 1"),
+                        ([str(corpus_file), "--out", str(out)], "--overwrite"),  # `--key value` is --key=value
+                        ([str(corpus_file), f"--out={tmp_path / 'x'}", "--val_fraction=1"], "(0, 1)"),
+                        ([str(corpus_file), f"--out={tmp_path / 'x'}", "--shard_size=0"], "[1, inf)"),
                         ([str(corpus_file), "--tokenizr=gpt2"], "tokenizer")]:
         bad = run("data/prepare.py", *args, check=False)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
