@@ -56,10 +56,27 @@ def test_orthogonalize_pushes_every_singular_value_towards_one():
         assert (d - torch.diag_embed(torch.diagonal(d, dim1=-2, dim2=-1))).abs().max() < 1e-4
 
 
+def _newton_schulz5(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Keller Jordan's zeropower_via_newtonschulz5 (github.com/KellerJordan/Muon), one matrix at a time, in
+    fp32: written here independently of minigpt.optim.orthogonalize, which the optimizer batches."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.float()
+    if g.size(0) > g.size(1):
+        x = x.T
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        A = x @ x.T
+        B = b * A + c * A @ A
+        x = a * x + B @ x
+    if g.size(0) > g.size(1):
+        x = x.T
+    return x
+
+
 def _muon_reference(p, g, buf, lr, mu, wd):
     """One Muon step on one matrix, written out plainly (what the batched optimizer must match)."""
     buf = mu * buf + (1 - mu) * g
-    update = orthogonalize(((1 - mu) * g + mu * buf)[None])[0]
+    update = _newton_schulz5((1 - mu) * g + mu * buf)
     return p * (1 - lr * wd) - lr * max(1.0, p.shape[0] / p.shape[1]) ** 0.5 * update, buf
 
 
