@@ -204,11 +204,12 @@ class Faults:
             m.setattr(os, name, lambda *a, _real=real, _name=name: faults(f"os.{_name}", _real, *a))
 
 
-@pytest.mark.parametrize("mode", ["before", "after"])
-def test_an_interrupt_at_any_file_operation_resumes_to_the_same_dataset(tmp_path, monkeypatch, mode):
+@pytest.mark.parametrize("mode, twice", [("before", False), ("after", False), ("before", True)])
+def test_an_interrupt_at_any_file_operation_resumes_to_the_same_dataset(tmp_path, monkeypatch, mode, twice):
     """Bug 1: Ctrl-C between a batch's train and val writes gave a resumed dataset with that batch twice, and
     one while a finished shard was hashed gave `ValueError: flush of closed file` and a folder no rerun would
-    take. Interrupt at every file operation in turn; the rerun must give the uninterrupted run's files."""
+    take. Interrupt at every file operation in turn (`twice`: and the rerun too, at one of its first
+    operations, where it rolls the files back); the next run must give the uninterrupted run's files."""
     src = tmp_path / "src"
     src.mkdir()
     for i, d in enumerate(DOCS[:20]):
@@ -225,34 +226,42 @@ def test_an_interrupt_at_any_file_operation_resumes_to_the_same_dataset(tmp_path
     want = [sum(len(v) - shards.HEADER.size for k, v in straight.items() if k.startswith(s)) // 2 for s in SPLITS]
     assert sorted(straight) == [f"{s}_{i:06d}.bin" for s, n in (("train", 5), ("val", 3)) for i in range(n)]
     assert len(count.names) > 90
-    failures = []
-    for at in range(1, len(count.names) + 1):
-        out = tmp_path / f"at{at}"
-        faults = Faults(at, mode)
+
+    def interrupted_run(out, faults) -> str | None:
+        """A run interrupted by `faults`: None if it stopped as it should, else what went wrong."""
         try:
             with monkeypatch.context() as m:
                 faults.patch(m)
                 prepare_dataset(source, tok, out, **kw)
-            failures.append(f"{at} ({faults.names[at - 1]}): the interrupt was lost")
-            continue
         except (UserError, KeyboardInterrupt):
-            pass  # "interrupted ...; run the same command again", or Ctrl-C once meta.json is written
+            return None  # "interrupted ...; run the same command again", or Ctrl-C once meta.json is written
         except Exception as e:
-            failures.append(f"{at} ({faults.names[at - 1]}): {type(e).__name__}: {e}")
+            return f"{type(e).__name__}: {e}"
+        return None if len(faults.names) < faults.at else "the interrupt was lost"
+
+    failures = []
+    for at in range(1, len(count.names) + 1):
+        out = tmp_path / f"at{at}"
+        where = f"{at} ({count.names[at - 1]})"
+        problem = interrupted_run(out, Faults(at, mode))
+        if problem is None and twice and not (out / "meta.json").is_file():
+            problem = interrupted_run(out, Faults(1 + at % 7, mode))
+            where += f", then {1 + at % 7}"
+        if problem:
+            failures.append(f"{where}: {problem}")
             continue
         try:
             prepare_dataset(source, tok, out, **kw)
         except UserError as e:
             if not (out / "meta.json").is_file():  # refused only because it is whole already
-                failures.append(f"{at} ({faults.names[at - 1]}): rerun refused: {e}")
+                failures.append(f"{where}: rerun refused: {e}")
                 continue
         got = files(out)
         if got != straight:
             n = [sum(len(v) - shards.HEADER.size for k, v in got.items() if k.startswith(s)) // 2 for s in SPLITS]
-            failures.append(f"{at} ({faults.names[at - 1]}): resumed to {n[0]} train and {n[1]} val tokens, "
-                            f"not {want[0]} and {want[1]}")
+            failures.append(f"{where}: resumed to {n[0]} train and {n[1]} val tokens, not {want[0]} and {want[1]}")
         elif sorted(p.name for p in out.iterdir()) != sorted([*straight, "meta.json"]):
-            failures.append(f"{at} ({faults.names[at - 1]}): leftovers {sorted(p.name for p in out.iterdir())}")
+            failures.append(f"{where}: leftovers {sorted(p.name for p in out.iterdir())}")
         else:
             shards.verify(out)
     assert not failures, f"{len(failures)} of {len(count.names)} interrupt points:\n" + "\n".join(failures)
