@@ -22,6 +22,7 @@ COMMANDS = {  # name: (module with main(argv), what it does)
     "bench": ("minigpt.tools.bench", "training, generation and preparation speed, against the machine's limits"),
     "bpe": ("minigpt.bpe", "train your own byte-level BPE tokenizer"),
     "verify": ("minigpt.shards", "check every shard of a prepared dataset against its sha256"),
+    "plan": ("minigpt.plan", "the best model this machine trains on a dataset in N minutes, predicted first"),
 }
 
 
