@@ -265,7 +265,7 @@ def test_empty_prompt_on_a_char_model_starts_from_a_newline(char_ckpt, capsys):
 ])
 def test_bad_sample_settings_are_one_clear_error(char_ckpt, kw, needle):
     with pytest.raises(UserError, match=needle):
-        sample(SampleConfig(model=str(char_ckpt), **kw), CPU_RUN)
+        sample(SampleConfig(**{"model": str(char_ckpt), **kw}), CPU_RUN)
 
 
 def test_not_gpt2_folder_is_refused(tmp_path):
