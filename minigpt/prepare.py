@@ -13,9 +13,11 @@ source of several documents; a single text needs none, and its ids stay nanoGPT'
 The units of work are pieces of text (corpus.PIECE_CHARS, cut where no BPE token changes).
 Batches of them are tokenized in `num_proc` worker processes and the ids appended to the current
 shard of their split as results come back in order, so memory stays flat and the output does not
-depend on `num_proc`. After every finished shard (and on Ctrl-C) the progress is recorded in
-`prepare_state.json`; running the same command again continues from there and writes the same files
-as an uninterrupted run. meta.json is written last: a folder with meta.json holds a whole dataset.
+depend on `num_proc`. Progress is committed a whole batch at a time; after every finished shard (and
+on Ctrl-C or an error) the last committed batch is recorded in `prepare_state.json`. Running the same
+command again rolls the shard files back to that record and continues, writing the same files as an
+uninterrupted run, wherever the interrupt fell. meta.json is written last: a folder with meta.json
+holds a whole dataset.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class PrepareConfig:
     text_field: str = opt("text", "column holding the text (hf:, .jsonl, .parquet)")
     num_proc: int = opt(1, "tokenizer processes", range="[1, inf)")
     shard_size: int = opt(100_000_000, "tokens per shard", range="[1, inf)")
-    overwrite: bool = opt(False, "replace a dataset already prepared (or half prepared) in --out")
+    overwrite: bool = opt(False, "replace a dataset already prepared (or half prepared) in --out; other files "
+                                 "there are left alone")
 
 
 # ---- the split: which text goes where ---------------------------------------------------------------
@@ -207,9 +210,9 @@ def _clear(out: Path) -> list[str]:
     ours = {p for _, p in shard_files(out)}  # refuses a file with a shard's name that is not one
     kept = []
     for path in sorted(out.iterdir()):
-        if (path in ours or path.name in ("meta.json", STATE)
-                or re.fullmatch(rf"\.({re.escape(STATE)}|meta\.json)\.\w+\.tmp", path.name)
-                or (old_format and path.name in ("train.bin", "val.bin"))):
+        if path.is_file() and (path in ours or path.name in ("meta.json", STATE)
+                               or re.fullmatch(rf"\.({re.escape(STATE)}|meta\.json)\.\w+\.tmp", path.name)
+                               or (old_format and path.name in ("train.bin", "val.bin"))):
             path.unlink()
         else:
             kept.append(path.name)
@@ -233,7 +236,7 @@ def prepare_dataset(source: corpus.Source, tok, out_dir: str | Path, shard_size:
                 "val_fraction": val_fraction}
     state_path = out / STATE
     if overwrite and (kept := _clear(out)):
-        print(f"--overwrite: left {len(kept)} file(s) in {out} that a preparation does not write alone: "
+        print(f"--overwrite: left alone {len(kept)} file(s) in {out} that a preparation does not write: "
               f"{', '.join(kept[:5])}{', ...' * (len(kept) > 5)}", file=sys.stderr)
     try:
         state = json.loads(state_path.read_text()) if state_path.is_file() else None

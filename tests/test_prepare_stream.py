@@ -305,7 +305,7 @@ def test_overwrite_removes_only_what_a_preparation_wrote(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted([*new, "meta.json", *mine, "runs"])
     assert all((out / name).read_bytes() == data for name, data in mine.items())
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if "--overwrite" in ln]
-    assert "left 5 file(s)" in line and "my_model.bin" in line and "alone" in line
+    assert "left alone 5 file(s)" in line and "my_model.bin" in line and "runs" in line
     shards.verify(out)
 
     # a file with a shard's name that is not a shard is never overwritten nor deleted: refused, nothing touched
