@@ -179,6 +179,37 @@ def stale_temporaries(out_dir: Path) -> list[Path]:
                     or (f.name.startswith(".ckpt_") and f.name[6:-8].isdigit())]
 
 
+def memory_needed(mcfg: GPTConfig, t: TrainConfig, shards: int = 1) -> tuple[int, int]:
+    """(bytes, parameters): a lower bound on what training `mcfg` holds at once: fp32 weights, gradients
+    and AdamW's two moments (16 bytes a parameter, split over `shards` under FSDP), and the activations the
+    backward pass keeps, at least 16 values of 2 bytes per token, layer and channel (qkv, the attention
+    output, the MLP's 4C hidden layer before and after GELU) for one micro-batch; the logits not counted."""
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        n = sum(p.numel() for p in GPT(mcfg).parameters())  # parameters() lists the tied head once
+    activations = t.batch_size * mcfg.block_size * mcfg.n_layer * mcfg.n_embd * 16 * 2
+    return 16 * n // shards + activations, n
+
+
+def check_fits(mcfg: GPTConfig, t: TrainConfig, device_name: str, world: distributed.World) -> None:
+    """Refuse, before allocating anything, a model or context that cannot fit this machine's memory (RAM,
+    or the GPU's), in one line saying how much it needs."""
+    need, n = memory_needed(mcfg, t, world.world_size if t.fsdp else 1)
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if cuda:
+        have, where = torch.cuda.get_device_properties(torch.device(device_name if device_name != "auto" else "cuda")
+                                                       ).total_memory, "GPU memory"
+    else:
+        try:
+            have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+        except (ValueError, OSError, AttributeError):  # not a POSIX system: nothing to compare with
+            return
+    if need > have:
+        raise UserError(f"this model ({n:,} parameters, block_size={mcfg.block_size}, batch_size={t.batch_size}) "
+                        f"needs at least {need / 2**30:,.1f} GiB to train (weights, gradients, AdamW state and "
+                        f"activations) and this machine has {have / 2**30:,.1f} GiB of {where}; choose a smaller "
+                        f"model, block_size or batch_size")
+
+
 def dataset_id(dataset: TokenDataset) -> dict:
     """What tells one prepared dataset from another with the same tokenizer."""
     splits = dataset.meta.get("splits", {})
@@ -245,6 +276,10 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
                    f"a different dataset with the same tokenizer")
 
     runtime.seed_everything(cfg.runtime.seed)  # the same initial weights on every rank (FSDP shards them as they are)
+    if state is not None or not t.model:  # fine-tuning: the weights being read are the size check
+        check_fits(model_config(cfg, vocab_size=dataset.vocab_size,
+                                resumed=GPTConfig(**state["model_config"]) if state is not None else None),
+                   t, device_name, world)
     model = build_model(cfg, dataset, state)
     rt = runtime.setup(cfg.runtime, model.config.n_embd, device=device_name)
     if world.is_main and not t.eval_only:

@@ -525,3 +525,18 @@ def test_eval_only_on_a_muon_checkpoint_needs_no_optimizer_setting(char_dataset,
     with_muon = train(cfg(char_dataset, out, eval_only=True, optimizer="muon"))
     assert plain["losses"] == with_muon["losses"] and plain["losses"]["val"] < 3.5
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_model_or_context_too_big_for_this_machine_is_refused_before_allocating(char_dataset, tmp_path):
+    from minigpt.trainer import memory_needed
+
+    # ~700B parameters: 11 TB of weights, gradients and AdamW state; it used to start allocating them
+    with pytest.raises(UserError, match=r"needs at least [\d,.]+ GiB to train .* this machine has [\d,.]+ GiB of RAM"):
+        train(cfg(char_dataset, tmp_path / "big", n_layer=96, n_head=96, n_embd=24576))
+    with pytest.raises(UserError, match=r"block_size=4194304, batch_size=1024\) needs at least"):  # 8.8 TB of activations
+        train(cfg(char_dataset, tmp_path / "long", block_size=2**22, batch_size=1024))
+    assert not (tmp_path / "big").exists() and not (tmp_path / "long").exists()
+    tiny = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=33)
+    t = cfg(char_dataset, tmp_path / "o").train  # batch_size 4
+    n = 33 * 32 + 32 * 32 + 2 * (2 * 32 + 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 32  # wte, wpe, blocks, ln_f
+    assert memory_needed(tiny, t) == (16 * n + 4 * 32 * 2 * 32 * 16 * 2, n)
