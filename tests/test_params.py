@@ -125,13 +125,14 @@ def test_cli_config_file_overrides_and_checkpoint(tmp_path, capsys, char_dataset
 @pytest.mark.parametrize("argv,msg", [
     (["gpt5"], "unknown preset 'gpt5'; choose one of tiny, baby"),
     (["--preset=gpt5"], "unknown preset 'gpt5'"),
-    (["gpt2", "--format=xml"], "--format must be text or json"),
+    (["gpt2", "--format=xml"], "--format must be one of text, json, got 'xml'"),
     (["gpt2", "--n_layr=3"], "did you mean n_layer"),
     (["--model=/nonexistent/ckpt"], "no model at"),
     (["/nonexistent/ckpt"], "no model at"),
     (["/nonexistent/baby.toml"], "config file /nonexistent/baby.toml does not exist"),
     (["gpt2", "gpt3"], "unexpected argument 'gpt3'"),
     (["gpt2", "--model=out"], "give one model to count: 'gpt2' or --model=out, not both"),
+    (["--out_dir=out"], "--out_dir is now --model, as --model=out"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, msg):
     with pytest.raises(UserError, match=msg):

@@ -163,7 +163,7 @@ class ParamsConfig:
     source: str = opt("", "what to count: a preset name (gpt2), a .toml config file, or a checkpoint (a file, "
                           "or a folder holding ckpt.pt); empty counts --model's checkpoint if given, else the "
                           "--key=value settings")
-    format: str = opt("text", "'text' (tables) or 'json' (for scripts)")
+    format: str = opt("text", "'text' (tables) or 'json' (for scripts)", choices=("text", "json"))
     matrices_only: bool = opt(False, "weight matrices only, one row per kind (3Blue1Brown's GPT-3 count)")
     untied: bool = opt(False, "count the LM head as its own matrix instead of tied to the token embedding")
 
@@ -218,8 +218,6 @@ def _model_config(cfg) -> tuple[GPTConfig, str]:
 def main(argv: list[str]) -> int:
     cfg = parse_cli(argv, SECTIONS, "python -m minigpt params", ABOUT, positional="source")
     p = cfg.params
-    if p.format not in ("text", "json"):
-        raise UserError(f"--format must be text or json, got '{p.format}'")
     config, source = _model_config(cfg)
     c = count_config(config, untied=p.untied)
     if p.format == "json":
