@@ -1,0 +1,549 @@
+"""Plan by the clock: the best model this machine can train on a dataset in N minutes, predicted before it starts.
+
+    python -m minigpt plan DATASET --minutes=M [--pilot=false] [--config=FILE.toml] [--out_dir=DIR]
+
+1. Measure: a few real training steps of each candidate shape (`trainer.setup` + `train_step`, so the
+   thread and dtype choice train.py makes; bf16 and fp32 where the CPU has bf16) give its tokens/s here.
+2. Predict: the full-val loss of each candidate after the tokens it sees in the budget, from
+   L(N, D) = E + A / N^alpha + B / D'^beta  (N: non-embedding parameters; D': tokens seen, repeated epochs
+   discounted as in Muennighoff et al. 2023: D' = U + U R* (1 - exp(-(D/U - 1) / R*)) past U unique tokens).
+   The exponents come from the built-in fits (pilot runs of this recipe on the bundled corpora, see
+   BUILTIN); pilot runs on this dataset (at most `pilot_share` of the budget) refit E, A, B.
+3. Pick the lowest predicted loss and write a TOML config that `python train.py FILE` runs as it is,
+   with `max_minutes` set (the schedule is timed against the budget), headed by its prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import RuntimeConfig, build_config, opt, parse_cli, train_sections
+from .data import TokenDataset, resolve_dataset
+from .errors import UserError, run_cli
+
+# ---- the loss model -----------------------------------------------------------------------------------
+
+REPEAT_R_STAR = 15.4  # Muennighoff et al. 2023 (R_D*): epochs past the first are worth less and less
+
+
+def effective_tokens(d: float, unique: float) -> float:
+    """Tokens seen, with epochs past the first discounted (a token seen again teaches less)."""
+    if unique <= 0 or d <= unique:
+        return d
+    return unique + unique * REPEAT_R_STAR * (1 - math.exp(-(d / unique - 1) / REPEAT_R_STAR))
+
+
+@dataclass(frozen=True)
+class LossModel:
+    """L(N, D) = E + A / N^alpha + B / D'^beta (Chinchilla's form, D' = effective_tokens(D, unique))."""
+
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    unique: float = 0.0  # train tokens of the dataset; 0: never repeated
+
+    def predict(self, n: float, d: float) -> float:
+        return self.E + self.A / n ** self.alpha + self.B / effective_tokens(d, self.unique) ** self.beta
+
+    def describe(self) -> str:
+        return (f"L = {self.E:.3f} + {self.A:.4g} / N^{self.alpha:.3f} + {self.B:.4g} / D'^{self.beta:.3f}"
+                + (f"  (D' discounts epochs past {self.unique:,.0f} tokens)" if self.unique else ""))
+
+
+def _nnls3(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Non-negative least squares for a few columns, exactly: the best unconstrained fit over every subset of
+    columns whose coefficients all come out >= 0."""
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    if np.all(coef >= 0):  # the usual case: the unconstrained optimum is feasible
+        return coef, float(np.sum((X @ coef - y) ** 2))
+    best, best_err = np.zeros(X.shape[1]), float(np.sum(y ** 2))
+    for k in range(1, X.shape[1]):
+        for cols in itertools.combinations(range(X.shape[1]), k):
+            coef, *_ = np.linalg.lstsq(X[:, cols], y, rcond=None)
+            if np.all(coef >= 0):
+                err = float(np.sum((X[:, cols] @ coef - y) ** 2))
+                if err < best_err:
+                    best_err, best = err, np.zeros(X.shape[1])
+                    best[list(cols)] = coef
+    return best, best_err
+
+
+def fit_loss_model(points: list[tuple[float, float, float]], unique: float = 0.0,
+                   exponents: tuple[float, float] | None = None) -> LossModel:
+    """Least-squares fit of L(N, D) to (N, D, loss) points. For each (alpha, beta) the model is linear in
+    (E, A, B) >= 0, solved exactly; (alpha, beta) are searched on a grid, then on a finer one around the best.
+    `exponents` fixes (alpha, beta): what a handful of short pilots can support (E, A, B only)."""
+    n = np.array([p[0] for p in points], float)
+    d = np.array([effective_tokens(p[1], unique) for p in points], float)
+    y = np.array([p[2] for p in points], float)
+
+    def solve(alpha: float, beta: float) -> tuple[float, np.ndarray]:
+        X = np.stack([np.ones_like(n), n ** -alpha, d ** -beta], axis=1)
+        coef, err = _nnls3(X, y)
+        return err, coef
+
+    if exponents is not None:
+        grid = [exponents]
+    else:
+        grid = list(itertools.product(np.arange(0.02, 1.5, 0.04), repeat=2))
+    err, alpha, beta = min((solve(a, b)[0], a, b) for a, b in grid)
+    if exponents is None:
+        fine = itertools.product(np.arange(alpha - 0.04, alpha + 0.04, 0.002), np.arange(beta - 0.04, beta + 0.04, 0.002))
+        err, alpha, beta = min((solve(a, b)[0], a, b) for a, b in fine if a > 0 and b > 0)
+    _, (E, A, B) = solve(alpha, beta)
+    return LossModel(float(E), float(A), float(alpha), float(B), float(beta), unique)
+
+
+# Built-in fits of this module's recipe (RECIPE, the candidates' shapes) on the bundled corpora, from pilot
+# runs: each a fresh run of a fixed number of steps (the same warmup and cooldown fractions), then its loss
+# over the whole val split. How they were made: docs/plan.md ("Built-in fits"). 'char': tinyshakespeare as
+# characters; 'bpe': the bundled plays (`shakespeare`) with the gpt2 tokenizer; either is the prior for
+# other datasets of its kind.
+BUILTIN: dict[str, tuple[LossModel, str]] = {
+    "char": (LossModel(E=1.30, A=60.0, alpha=0.40, B=300.0, beta=0.45), "placeholder"),
+    "bpe": (LossModel(E=3.5, A=60.0, alpha=0.35, B=400.0, beta=0.40), "placeholder"),
+}
+
+
+# ---- the recipe and the candidates --------------------------------------------------------------------
+
+# What every planned run shares (configs/quality_cpu.toml's recipe: Muon for the blocks' matrices, AdamW
+# for embeddings and norms, warmup-stable-decay with a 40% cooldown, no dropout in a run this short).
+RECIPE = dict(optimizer="muon", muon_lr=0.02, muon_momentum=0.95, learning_rate=3e-3, min_lr=1e-4,
+              weight_decay=0.1, beta2=0.99, grad_clip=1.0, warmup_frac=0.035, cooldown_frac=0.4)
+MODEL = dict(dropout=0.0, bias=False)
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layer: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+
+    @property
+    def n_head(self) -> int:
+        return max(1, self.n_embd // (32 if self.n_embd <= 192 else 64))  # heads of 32 for narrow models, else 64
+
+    @property
+    def params(self) -> int:
+        """Non-embedding parameters: 12 C^2 per block (no biases) and its two norms."""
+        return self.n_layer * (12 * self.n_embd ** 2 + 2 * self.n_embd)
+
+    def name(self) -> str:
+        return f"{self.n_layer}x{self.n_embd}"
+
+    def settings(self) -> dict:
+        return dict(n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head, block_size=self.block_size,
+                    batch_size=self.batch_size, **MODEL)
+
+
+def kind(dataset: TokenDataset) -> str:
+    """'char' for small vocabularies (a character per token), else 'bpe'."""
+    return "char" if dataset.vocab_size <= 1024 else "bpe"
+
+
+def candidates(k: str) -> list[Shape]:
+    """The shapes a plan weighs, from a 2-layer baby model to one 10x its size; 2,048 tokens a step.
+    Characters: context 64 x 32 rows (configs/quality_cpu.toml's); BPE: context 128 x 16 rows."""
+    if k == "char":
+        return [Shape(l, c, 64, 32) for l, c in ((2, 128), (4, 128), (4, 192), (6, 192), (4, 256), (6, 256),
+                                                    (8, 256), (6, 384))]
+    return [Shape(l, c, 128, 16) for l, c in ((2, 64), (2, 128), (4, 128), (4, 192), (4, 256), (6, 256),
+                                                 (6, 384))]
+
+
+def bundled(dataset: TokenDataset) -> bool:
+    """Whether the built-in fit of this dataset's kind was made on it: tinyshakespeare as characters, or the
+    bundled plays with the gpt2 tokenizer."""
+    source, tok = str(dataset.meta.get("source", "")), dataset.meta.get("tokenizer", {})
+    if kind(dataset) == "char":
+        return source.startswith("tinyshakespeare") and dataset.vocab_size == 65
+    return source.startswith("shakespeare:") and tok.get("name") == "gpt2"
+
+
+# ---- running the real training code --------------------------------------------------------------------
+
+def train_config(dataset: str, shape: Shape, out_dir: str, *, dtype: str, threads: int, seed: int = 1337,
+                 **train) -> "Config":  # noqa: F821
+    """The Config train.py would build for this shape and the recipe."""
+    settings = dict(dataset=dataset, out_dir=out_dir, device="cpu", dtype=dtype, threads=threads, seed=seed,
+                    mfu=False, plot=False, overwrite=True, eval_iters=5, log_interval=1_000_000, **RECIPE,
+                    **shape.settings())
+    settings.update(train)
+    return build_config(train_sections(), overrides=settings)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The trainer's table and bars stay out of the plan's output."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+@dataclass
+class Speed:
+    shape: Shape
+    dtype: str
+    tokens_per_s: float
+    setup_s: float  # building data, model and optimizer
+    eval_s: float  # one evaluation (eval_iters batches of both splits) and a checkpoint
+
+
+def measure(dataset: str, shape: Shape, dtype: str, threads: int, steps: int = 3, warm: int = 1,
+            device: str = "cpu") -> Speed:
+    """tokens/s of `steps` real training steps after `warm` untimed ones, with train.py's setup; the
+    evaluation + checkpoint time from the forward share of a step (eval_iters batches of two splits)."""
+    from . import distributed, trainer
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        cfg = train_config(dataset, shape, tmp, dtype=dtype, threads=threads, device=device)
+        t0 = time.perf_counter()
+        run = trainer.setup(cfg, distributed.World(), device)
+        t1 = time.perf_counter()
+        for _ in range(warm):
+            trainer.train_step(run, 1e-4)
+        t2 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step(run, 1e-4)
+        step_s = (time.perf_counter() - t2) / steps
+        t3 = time.perf_counter()
+        run.save(improved=False)
+        save_s = time.perf_counter() - t3
+    eval_s = 2 * cfg.train.eval_iters * step_s / 3 + save_s  # a forward pass is about a third of a step
+    return Speed(shape, dtype, shape.batch_size * shape.block_size / step_s, t1 - t0, eval_s)
+
+
+def pilot(dataset: str, shape: Shape, tokens: int, dtype: str, threads: int, val_tokens: int = 0,
+          seed: int = 1337, device: str = "cpu") -> tuple[float, float, float]:
+    """Train `shape` on about `tokens` tokens with the recipe (steps, not time; the same warmup and cooldown
+    fractions) and return (N, D, val loss): over the whole val split, or `val_tokens` of it spread evenly."""
+    from . import distributed, trainer
+
+    steps = max(4, round(tokens / (shape.batch_size * shape.block_size)))
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        cfg = train_config(dataset, shape, tmp, dtype=dtype, threads=threads, seed=seed, max_iters=steps,
+                           lr_decay_iters=steps, lr_schedule="wsd", warmup_iters=round(RECIPE["warmup_frac"] * steps),
+                           cooldown_iters=round(RECIPE["cooldown_frac"] * steps), eval_interval=steps, eval_iters=1,
+                           device=device)
+        run = trainer.setup(cfg, distributed.World(), device)
+        trainer._train(run, time.time())
+        loss = val_loss(run.model, run.dataset.splits["val"], val_tokens, run.rt)
+    return shape.params, steps * shape.batch_size * shape.block_size, loss
+
+
+@torch.no_grad()
+def val_loss(model, data, max_tokens: int = 0, rt=None) -> float:
+    """The loss over the whole split as `minigpt evaluate` computes it, or over `max_tokens` of it in
+    non-overlapping windows spread evenly across the split (a cheaper estimate of the same number)."""
+    from .tools.evaluate import evaluate_split
+
+    block = model.config.block_size
+    if not max_tokens or max_tokens >= len(data) - 1:
+        return evaluate_split(model, data, 32, rt.device if rt else "cpu")[0]
+    n = max(1, max_tokens // block)
+    starts = np.linspace(0, len(data) - block - 2, n).astype(np.int64)
+    w = torch.from_numpy(np.asarray(data[starts[:, None] + np.arange(block + 1)], dtype=np.int64))
+    model.eval()
+    total = 0.0
+    for i in range(0, n, 32):
+        x, y = w[i:i + 32, :-1], w[i:i + 32, 1:]
+        total += float(torch.nn.functional.cross_entropy(model(x).float().flatten(0, 1), y.flatten())) * len(x)
+    return total / n
+
+
+# ---- the plan -------------------------------------------------------------------------------------------
+
+@dataclass
+class PlanConfig:
+    dataset: str = opt("", "the prepared dataset to plan for (a name under data/ or a path), given bare: plan DATASET")
+    minutes: float = opt(0.0, "the budget: minutes from train.py's launch to its saved checkpoint")
+    pilot: bool = opt(True, "fit the loss model on this dataset with short pilot runs (at most pilot_share of the "
+                            "budget); false: the built-in fit of the bundled corpora")
+    pilot_share: float = opt(0.15, "the most the pilots may take, as a share of the budget", range="[0, 1)")
+    config: str = opt("", "the TOML file to write; default: plan-DATASET-Mmin.toml in the current folder")
+    out_dir: str = opt("", "the planned run's out_dir; default: out-plan-DATASET-Mmin")
+
+
+# The least a plan-time pilot trains on: shorter runs sit where the loss still falls steeply, and a shift
+# fitted there says little about the end of a full run (the built-in fits start at 250k tokens).
+MIN_PILOT_TOKENS = 150_000
+STOP_MARGIN = 0.03  # predicted loss; measuring stops after two larger candidates lose by more
+PILOT_VAL_TOKENS = 32_768  # of the val split, spread evenly: close to the whole split's loss, in a fraction of the time
+
+
+@dataclass
+class Row:
+    speed: Speed
+    tokens: float  # seen in the budget
+    loss: float  # predicted full-val loss
+
+    @property
+    def shape(self) -> Shape:
+        return self.speed.shape
+
+
+def _dtypes(rc: RuntimeConfig, device) -> list[str]:
+    """The precisions to time: as given, or for 'auto' on a CPU with native bf16 both bf16 and fp32 (autocast's
+    casts can cost narrow models more than the faster matmuls save; measuring settles it)."""
+    from . import runtime
+
+    if rc.dtype != "auto":
+        runtime.pick_dtype(rc.dtype, device)  # refuses what this machine cannot run, in one line
+        return [rc.dtype]
+    if device.type == "cpu" and runtime._cpu_has_bf16():
+        return ["bfloat16", "float32"]
+    return [str(runtime.pick_dtype("auto", device, 768)).removeprefix("torch.")]
+
+
+@dataclass
+class Plan:
+    best: Row
+    rows: list[Row]  # every candidate, best first
+    model: LossModel
+    how: str  # where the loss model came from
+    text: str  # the TOML config
+
+
+def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say=print) -> Plan:
+    """Measure, predict, pick. `import_s`: what train.py's imports
+    take before its first line (counted in its budget), measured by `main`."""
+    from . import runtime
+
+    if not p.minutes > 0:
+        raise UserError(f"--minutes must be a positive budget in minutes, got {p.minutes:g}")
+    if not p.dataset:
+        raise UserError("name the prepared dataset to plan for: python -m minigpt plan DATASET --minutes=M")
+    if not 0 <= p.pilot_share < 1:
+        raise UserError(f"--pilot_share must be in [0, 1), got {p.pilot_share:g}")
+    path = resolve_dataset(p.dataset)
+    dataset = TokenDataset(path)
+    budget = p.minutes * 60
+    device = runtime.pick_device(rc.device)
+    threads, why = runtime.pick_threads(rc.threads, device)
+    dtypes = _dtypes(rc, device)
+    k = kind(dataset)
+    shortest = min(len(s) for s in dataset.splits.values()) - 1
+    shapes = candidates(k)
+    if shortest < shapes[0].block_size:  # a tiny dataset: a context it can hold
+        if shortest < 8:
+            raise UserError(f"dataset {path} has a split of {shortest + 1} tokens, too few to train on; prepare more text")
+        shapes = [Shape(s.n_layer, s.n_embd, shortest, s.batch_size) for s in shapes]
+    if import_s is None:
+        import_s = import_seconds()
+    say(f"planning {p.minutes:g} minutes on {path} ({dataset.meta['train_tokens']:,} train tokens, "
+        f"vocabulary {dataset.vocab_size:,}); {device}, {threads} threads ({why})")
+
+    # the loss model: built in, later shifted to pilots of this dataset where the budget allows
+    prior, made = BUILTIN[k]
+    model = LossModel(prior.E, prior.A, prior.alpha, prior.B, prior.beta, float(dataset.meta["train_tokens"]))
+    how = f"the built-in '{k}' fit ({made})"
+    if not bundled(dataset):
+        how += (", made on another corpus" + ("" if p.pilot else ": without pilots expect a larger error"))
+
+    def train_seconds(s: Speed) -> float:
+        """What the budget leaves for training steps: start-up (imports, setup), the evaluation and checkpoint
+        at step 0 and at the end."""
+        return budget - import_s - s.setup_s - 2 * s.eval_s
+
+    def predict(s: Speed) -> Row:
+        tokens = max(0.0, train_seconds(s) * s.tokens_per_s)
+        return Row(s, tokens, model.predict(s.shape.params, tokens) if tokens else math.inf)
+
+    # the speed of the candidates, smallest first, each in its faster precision (once bf16 wins, the wider
+    # ones take it too); past the best prediction larger ones only get slower, so measuring stops after two
+    # that lose by more than STOP_MARGIN
+    speeds: dict[Shape, Speed] = {}
+    shapes.sort(key=lambda s: s.params)
+    with tqdm(total=len(shapes) * len(dtypes), desc="measuring", unit="run") as bar:
+        for shape in shapes:
+            for dtype in dtypes:
+                s = measure(str(path), shape, dtype, threads, device=str(device))
+                if shape not in speeds or s.tokens_per_s > speeds[shape].tokens_per_s:
+                    speeds[shape] = s
+                bar.update(1)
+            if speeds[shape].dtype == "bfloat16" and len(dtypes) > 1:
+                dtypes = ["bfloat16"]
+                bar.total = bar.n + len(shapes) - len(speeds)
+            losses = [predict(s).loss for s in speeds.values()]
+            if len(losses) >= 3 and min(losses[-2:]) > min(losses) + STOP_MARGIN:
+                bar.total = bar.n
+                break
+
+    if all(train_seconds(s) * s.tokens_per_s < 2 * s.shape.batch_size * s.shape.block_size for s in speeds.values()):
+        fastest = max(speeds.values(), key=lambda s: s.tokens_per_s)
+        need = budget - train_seconds(fastest) + 2 * fastest.shape.batch_size * fastest.shape.block_size / fastest.tokens_per_s
+        raise UserError(f"--minutes={p.minutes:g} is too short to train even {fastest.shape.name()} here: start-up, "
+                        f"two evaluations and two steps take about {need:.1f} s; give a larger budget")
+
+    # pilots, then predict and pick
+    if p.pilot:
+        leader = min(speeds.values(), key=lambda s: predict(s).loss)
+        smallest = speeds[shapes[0]]
+        val_tokens = min(PILOT_VAL_TOKENS, len(dataset.splits["val"]) - 1)
+        points = run_pilots(str(path), leader, smallest, p.pilot_share * budget, threads, str(device), val_tokens,
+                            say)
+        if points:
+            model, note = calibrate(model, points)  # one shift for all: the ranking stays
+            how = f"{how}; {note}"
+        else:
+            how = f"{how}; no pilots: {p.pilot_share:.0%} of the budget is too short for a useful one"
+
+    rows = sorted((predict(s) for s in speeds.values()), key=lambda r: r.loss)
+    best = rows[0]
+    return Plan(best, rows, model, how, render_config(p, path, best, rows, model, how, threads))
+
+
+def run_pilots(dataset: str, leader: Speed, smallest: Speed, seconds: float, threads: int, device: str,
+               val_tokens: int, say) -> list[tuple]:
+    """Short runs of the recipe on this dataset within `seconds`: the leading candidate and the smallest at
+    D and 3D tokens each, else the leader alone, else the smallest alone, else none where D would fall below
+    MIN_PILOT_TOKENS. Returns (N, D, loss) points, the loss over `val_tokens` of the val split."""
+    options = [[leader, smallest], [leader], [smallest]] if leader is not smallest else [[leader]]
+    for chosen in options:
+        overhead = sum(2 * (s.setup_s + s.eval_s + val_tokens / (3 * s.tokens_per_s)) for s in chosen)
+        d = (seconds - overhead) / sum(4 / s.tokens_per_s for s in chosen)  # D and 3D tokens of each shape
+        if d >= MIN_PILOT_TOKENS:
+            break
+    else:
+        return []
+    runs = [(s, int(d * m)) for s in chosen for m in (1, 3)]
+    points = []
+    t0 = time.time()
+    for s, tokens in tqdm(runs, desc="pilots", unit="run"):
+        points.append(pilot(dataset, s.shape, tokens, s.dtype, threads, val_tokens=val_tokens,
+                            device=device))
+    say(f"pilots: {len(points)} runs in {time.time() - t0:.1f} s (allowed {seconds:.1f} s)")
+    return points
+
+
+def calibrate(model: LossModel, points: list[tuple]) -> tuple[LossModel, str]:
+    """Shift E so the model meets the pilots on average: a handful of short runs pin the level of this
+    dataset's loss, not the exponents (those stay the built-in fit's)."""
+    residuals = [loss - model.predict(n, d) for n, d, loss in points]
+    shift = sum(residuals) / len(residuals)
+    spread = max(abs(r - shift) for r in residuals)
+    fitted = LossModel(model.E + shift, model.A, model.alpha, model.B, model.beta, model.unique)
+    return fitted, (f"E shifted by {shift:+.3f} to {len(points)} pilot runs here "
+                    f"({', '.join(f'{n / 1e6:.2f}M params x {d / 1e6:.2f}M tokens: {l:.3f}' for n, d, l in points)}; "
+                    f"largest miss after the shift {spread:.3f})")
+
+
+def render_config(p: PlanConfig, path: Path, best: Row, rows: list[Row], model: LossModel, how: str,
+                  threads: int) -> str:
+    """The planned run as a TOML file train.py runs as it is, its prediction and how it was made on top."""
+    s, name = best.shape, _name(path)
+    out_dir = p.out_dir or f"out-plan-{name}-{p.minutes:g}min"
+    steps = best.tokens / (s.batch_size * s.block_size)
+    lines = [
+        f"# Planned by `python -m minigpt plan {p.dataset} --minutes={p.minutes:g}` for this machine "
+        f"({threads} threads, {best.speed.dtype}).",
+        f"# Prediction: full-val loss {best.loss:.3f} (python -m minigpt evaluate --model={out_dir}), "
+        f"{s.name()} ({s.params / 1e6:.2f}M non-embedding",
+        f"# parameters) at {best.speed.tokens_per_s:,.0f} tokens/s measured: about {best.tokens / 1e6:.2f}M tokens "
+        f"({best.tokens / s.params:.1f} per parameter, ~{steps:,.0f} steps) in the budget.",
+        f"# Loss model: {model.describe()}",
+        f"# from {how}.",
+        "# Runner-up: " + ", ".join(f"{r.shape.name()} {r.loss:.3f}" for r in rows[1:4]) + ".",
+        f"# Train:  python train.py {p.config or default_config_path(p, path)}",
+        "# The recipe (minigpt.plan.RECIPE): configs/quality_cpu.toml's, timed against the budget (max_minutes):",
+        "# Muon for the blocks' matrices, AdamW for embeddings and norms, warmup-stable-decay with a 40% cooldown,",
+        "# no dropout; evaluations only at the start and the end.",
+    ]
+    settings = dict(dataset=str(path), out_dir=out_dir, device="cpu", dtype=best.speed.dtype,
+                    max_minutes=p.minutes, **s.settings(), **RECIPE, eval_interval=1_000_000, eval_iters=5,
+                    log_interval=50, mfu=False, plot=False, overwrite=True)
+    for key, value in settings.items():
+        lines.append(f"{key} = {_toml(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _name(path: Path) -> str:
+    return path.resolve().name
+
+
+def default_config_path(p: PlanConfig, path: Path) -> str:
+    return f"plan-{_name(path)}-{p.minutes:g}min.toml"
+
+
+def table(rows: list[Row]) -> str:
+    head = (f"{'shape':>7} {'heads':>5} {'ctx':>4} {'params':>8} {'dtype':>8} {'tokens/s':>9} {'tokens':>8} "
+            f"{'tok/param':>9} {'pred. loss':>10}")
+    lines = [head, "-" * len(head)]
+    for i, r in enumerate(rows):
+        s = r.shape
+        lines.append(f"{s.name():>7} {s.n_head:>5} {s.block_size:>4} {s.params / 1e6:>7.2f}M {r.speed.dtype:>8} "
+                     f"{r.speed.tokens_per_s:>9,.0f} {r.tokens / 1e6:>7.2f}M {r.tokens / s.params:>9.1f} "
+                     f"{r.loss:>10.3f}" + ("  <- planned" if i == 0 else ""))
+    return "\n".join(lines)
+
+
+def why(best: Row, rows: list[Row], model: LossModel) -> str:
+    """One paragraph: what the winner trades, against the models just smaller and larger."""
+    s = best.shape
+    size_term = model.A / s.params ** model.alpha
+    data_term = model.B / effective_tokens(best.tokens, model.unique) ** model.beta
+    smaller = [r for r in rows if r.shape.params < s.params]
+    larger = [r for r in rows if r.shape.params > s.params]
+    text = (f"{s.name()} wins: of its predicted {best.loss:.3f}, {size_term:.3f} is for its size and {data_term:.3f} "
+            f"for the {best.tokens / 1e6:.2f}M tokens it sees.")
+    if smaller:
+        r = max(smaller, key=lambda r: r.shape.params)
+        text += (f" The smaller {r.shape.name()} sees {r.tokens / 1e6:.2f}M tokens but is too small to use them "
+                 f"({r.loss:.3f}).")
+    if larger:
+        r = min(larger, key=lambda r: r.shape.params)
+        text += (f" The larger {r.shape.name()} would see only {r.tokens / 1e6:.2f}M tokens in the budget "
+                 f"({r.loss:.3f}).")
+    return text
+
+
+def import_seconds() -> float:
+    """How long train.py takes to start (Python, torch, minigpt's trainer), timed in a fresh process."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import minigpt.trainer"], check=False, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(argv, {"plan": PlanConfig, "runtime": RuntimeConfig}, "python -m minigpt plan",
+                    __doc__.splitlines()[0], positional="dataset")
+    p = cfg.plan
+    result = plan(p, cfg.runtime)
+    target = Path(p.config or default_config_path(p, resolve_dataset(p.dataset)))
+    print(table(result.rows))
+    print(why(result.best, result.rows, result.model))
+    print(f"loss model: {result.model.describe()}\n  from {result.how}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(result.text)
+    tmp.replace(target)  # all or nothing
+    print(f"wrote {target}: predicted full-val loss {result.best.loss:.3f}; train with `python train.py {target}`")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

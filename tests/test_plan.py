@@ -1,0 +1,197 @@
+"""Planning by the clock: training to a time budget, its schedule, the loss-model fit, `minigpt plan`."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from minigpt import plan as planner
+from minigpt.config import RuntimeConfig, build_config, train_sections
+from minigpt.errors import UserError, run_cli
+from minigpt.optim import lr_at_fraction
+from minigpt.trainer import train
+
+BASE = dict(preset="tiny", batch_size=4, eval_iters=2, eval_interval=1_000_000, log_interval=1, device="cpu",
+            plot=False, threads=1, mfu=False, learning_rate=1e-3, min_lr=1e-4, warmup_frac=0.1, cooldown_frac=0.4)
+
+
+def cfg(dataset, out_dir, **kw):
+    overrides = {**BASE, "dataset": str(dataset), "out_dir": str(out_dir), **kw}
+    return build_config(train_sections(), overrides={k: str(v) for k, v in overrides.items()})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm(tmp_path_factory):
+    """One short training first: a process's first run pays one-off imports (seconds on a busy machine),
+    which would eat the few-second budgets the tests below time."""
+    from conftest import TEXT, prepare_text
+
+    tmp = tmp_path_factory.mktemp("warm")
+    train(cfg(prepare_text(TEXT, tmp / "ds"), tmp / "out", max_iters=2))
+
+
+def lrs(out_dir) -> list[float]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["lr"] for r in rows if "lr" in r]
+
+
+# ---- the schedule as a function of the elapsed share of the budget ------------------------------------
+
+def test_the_time_schedule_at_its_boundaries():
+    lr, lo = 1e-3, 1e-4
+    at = lambda f: lr_at_fraction(f, lr, lo, 0.1, 0.4)  # noqa: E731
+    assert at(0.0) == 0.0  # warmup starts from nothing
+    assert at(0.05) == pytest.approx(lr / 2)  # halfway up
+    assert at(0.1) == lr  # warmup ends at the peak
+    assert at(0.3) == lr and at(0.6) == lr  # stable until the cooldown starts at 1 - 0.4
+    assert at(0.8) == pytest.approx((lr + lo) / 2)  # the cooldown is linear
+    assert at(1.0 - 1e-9) == pytest.approx(lo)  # and ends at min_lr with the budget
+    assert at(1.0) == lo and at(1.5) == lo  # past the budget: min_lr
+    assert lr_at_fraction(0.0, lr, lo, 0.0, 0.0) == lr  # neither warmup nor cooldown: flat
+
+
+# ---- training to a budget ----------------------------------------------------------------------------------
+
+def test_a_budgeted_run_stops_on_time_with_its_cooldown_finished(char_dataset, tmp_path):
+    out, budget = tmp_path / "run", 4.0
+    launched = time.time()
+    train(cfg(char_dataset, out, max_minutes=budget / 60, max_iters=3), launched=launched)
+    wall = (out / "ckpt.pt").stat().st_mtime - launched  # launch to checkpoint
+    assert 0.9 * budget <= wall <= 1.05 * budget
+    seen = lrs(out)
+    assert len(seen) > 3, "max_iters does not cap a budgeted run"
+    assert max(seen) == pytest.approx(1e-3)  # warmed up to the peak
+    assert seen[-1] <= 1e-4 + 0.05 * (1e-3 - 1e-4)  # the last step ran at the end of the cooldown
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == len(seen)
+
+
+def test_resume_keeps_the_budget(char_dataset, tmp_path):
+    out, budget = tmp_path / "run", 5.0
+    t0 = time.time()
+    stop = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))  # the trainer saves and exits 130
+    stop.start()
+    with pytest.raises(SystemExit) as e:
+        train(cfg(char_dataset, out, max_minutes=budget / 60), launched=t0)
+    assert e.value.code == 130
+    spent = torch.load(out / "ckpt.pt", weights_only=True)["budget_spent"]
+    assert 1.8 <= spent <= time.time() - t0
+    t1 = time.time()
+    train(cfg(char_dataset, out, max_minutes=budget / 60, resume=True), launched=t1)
+    wall = (out / "ckpt.pt").stat().st_mtime - t1
+    assert 0.9 * (budget - spent) <= wall <= 1.05 * (budget - spent)  # the remainder, not a new budget
+    assert lrs(out)[-1] <= 1e-4 + 0.05 * (1e-3 - 1e-4)
+
+
+def test_bad_budgets_stop_with_one_line(char_dataset, tmp_path):
+    with pytest.raises(UserError, match="max_minutes must be"):
+        train(cfg(char_dataset, tmp_path / "a", max_minutes=-1))
+    with pytest.raises(UserError, match="leaves no time to train"):  # start-up alone is longer than 60 ms
+        train(cfg(char_dataset, tmp_path / "b", max_minutes=0.001), launched=time.time() - 1)
+    with pytest.raises(UserError, match="add up to at most 1"):
+        train(cfg(char_dataset, tmp_path / "c", max_minutes=1, warmup_frac=0.7, cooldown_frac=0.4))
+
+
+# ---- the loss model ------------------------------------------------------------------------------------------
+
+TRUE = dict(E=1.2, A=40.0, alpha=0.35, B=250.0, beta=0.4)
+
+
+def synthetic(unique=0.0):
+    true = planner.LossModel(**TRUE, unique=unique)
+    return true, [(n, d, true.predict(n, d)) for n in (1e5, 4e5, 1.6e6, 6.4e6) for d in (2e5, 1e6, 5e6, 2.5e7)]
+
+
+@pytest.mark.parametrize("unique", [0.0, 2e6])
+def test_the_fit_recovers_known_parameters(unique):
+    true, points = synthetic(unique)
+    fit = planner.fit_loss_model(points, unique=unique)
+    assert fit.alpha == pytest.approx(TRUE["alpha"], abs=0.005)
+    assert fit.beta == pytest.approx(TRUE["beta"], abs=0.005)
+    assert fit.E == pytest.approx(TRUE["E"], abs=0.02)
+    for n, d, loss in points:
+        assert fit.predict(n, d) == pytest.approx(loss, abs=2e-3)
+
+
+def test_the_fit_with_fixed_exponents_recovers_the_coefficients():
+    true, points = synthetic()
+    fit = planner.fit_loss_model(points, exponents=(TRUE["alpha"], TRUE["beta"]))
+    assert (fit.E, fit.A, fit.B) == pytest.approx((TRUE["E"], TRUE["A"], TRUE["B"]), rel=1e-6)
+
+
+def test_repeated_epochs_count_less():
+    u = 1e6
+    assert planner.effective_tokens(5e5, u) == 5e5  # the first epoch counts in full
+    assert u < planner.effective_tokens(3e6, u) < 3e6  # later ones less
+    assert planner.effective_tokens(1e9, u) == pytest.approx(u * (1 + planner.REPEAT_R_STAR), rel=1e-3)  # a ceiling
+
+
+def test_calibration_shifts_the_level_only():
+    true, points = synthetic()
+    off = planner.LossModel(**{**TRUE, "E": 1.0})
+    fitted, note = planner.calibrate(off, points)
+    assert fitted.E == pytest.approx(TRUE["E"])
+    assert (fitted.A, fitted.alpha, fitted.B, fitted.beta) == (off.A, off.alpha, off.B, off.beta)
+    assert "+0.200" in note
+
+
+# ---- minigpt plan --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_shapes(monkeypatch):
+    """Candidates that train in seconds: the tiny preset's size and two steps up. The plan's start-up
+    estimate is a fresh process's imports; the trainings here run in this process, which has them."""
+    shapes = [planner.Shape(1, 16, 32, 4), planner.Shape(2, 32, 32, 4), planner.Shape(2, 64, 32, 4)]
+    monkeypatch.setattr(planner, "candidates", lambda kind: list(shapes))
+    monkeypatch.setattr(planner, "import_seconds", lambda: 0.0)
+    return shapes
+
+
+def test_plan_writes_a_config_that_trains_within_its_budget(char_dataset, tmp_path, small_shapes, capsys):
+    target, out = tmp_path / "planned.toml", tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        run_cli(planner.main, [str(char_dataset), "--minutes=0.1", "--pilot=false", f"--config={target}",
+                               f"--out_dir={out}", "--threads=1", "--dtype=float32"])
+    assert e.value.code == 0
+    shown = capsys.readouterr().out
+    assert "pred. loss" in shown and "<- planned" in shown and "wins" in shown
+    text = target.read_text()
+    assert text.startswith("# Planned by") and "# Prediction: full-val loss" in text
+    launched = time.time()
+    train(build_config(train_sections(), target), launched=launched)
+    wall = (out / "ckpt.pt").stat().st_mtime - launched
+    assert 0.9 * 6 <= wall <= 1.05 * 6
+
+
+def test_plan_picks_the_lowest_predicted_loss_and_pilots_shift_it(char_dataset, small_shapes, monkeypatch):
+    monkeypatch.setattr(planner, "MIN_PILOT_TOKENS", 500)  # this dataset is tiny: pilots of a few steps
+    p = planner.PlanConfig(dataset=str(char_dataset), minutes=0.5, pilot=True, pilot_share=0.3)
+    result = planner.plan(p, RuntimeConfig(threads=1, dtype="float32"), say=lambda *a: None)
+    assert result.best.loss == min(r.loss for r in result.rows)
+    assert "pilot runs here" in result.how
+    for r in result.rows:
+        assert r.loss == pytest.approx(result.model.predict(r.shape.params, r.tokens))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--minutes=0"], "--minutes must be a positive budget"),
+    (["--minutes=-2"], "--minutes must be a positive budget"),
+    (["--minutes=0.001", "--pilot=false"], "too short to train"),
+])
+def test_bad_plan_inputs_stop_with_one_line_and_exit_2(char_dataset, small_shapes, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        run_cli(planner.main, [str(char_dataset), "--threads=1", "--dtype=float32", *args])
+    assert e.value.code == 2
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]  # after the measuring bar
+    assert last.startswith("error: ") and message in last
+
+
+def test_plan_refuses_a_dataset_that_is_not_prepared(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(planner.main, [str(tmp_path / "nothing"), "--minutes=1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not prepared" in err and "\n" not in err
