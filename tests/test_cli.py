@@ -174,3 +174,18 @@ def test_one_entry_point_for_every_tool():
     assert "total" in p.stdout
     bad = run("-m", "minigpt", "params", "tiny", "--n_layr=3", check=False)
     assert bad.returncode == 2 and "did you mean n_layer" in bad.stderr
+
+
+def test_export_takes_key_space_value_and_its_folder(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from minigpt import checkpoint
+    from minigpt.errors import UserError
+    from minigpt.model import GPT, GPTConfig
+    from minigpt.tools.export import main
+
+    checkpoint.save(tmp_path / "ckpt.pt", GPT(GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=8)),
+                    {"kind": "char", "chars": "abc"})
+    assert main(["--model", str(tmp_path), "--to", "hf", str(tmp_path / "hf")]) == 0  # `--model DIR` was a folder
+    assert (tmp_path / "hf" / "config.json").is_file()
+    with pytest.raises(UserError, match="give one folder to write"):
+        main(["--model", str(tmp_path)])

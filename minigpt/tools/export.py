@@ -24,6 +24,7 @@ FORMATS = ("hf",)
 class ExportConfig:
     model: str = opt("out", "the checkpoint to export: a folder holding ckpt.pt, or a .pt file")
     to: str = opt("hf", "format to write: 'hf' (a Hugging Face GPT-2 folder for transformers)", choices=FORMATS)
+    dest: str = opt("", "the folder to write (also given as the bare argument DEST)")
 
     RENAMED: ClassVar[dict[str, str]] = {"out_dir": "model"}
 
@@ -53,12 +54,11 @@ def export_hf(out_dir: str | Path, dest: str | Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    folders = [a for a in argv if not a.startswith("-")]
-    flags = [a for a in argv if a.startswith("-")]
-    cfg = parse_cli(flags, {"export": ExportConfig}, "python -m minigpt export", __doc__.splitlines()[0]).export
-    if len(folders) != 1:
+    cfg = parse_cli(argv, {"export": ExportConfig}, "python -m minigpt export", __doc__.splitlines()[0],
+                    positional="dest").export
+    if not cfg.dest:
         raise UserError("give one folder to write, as: python -m minigpt export --model=out --to=hf DIR")
-    dest = export_hf(cfg.model, folders[0])
+    dest = export_hf(cfg.model, cfg.dest)
     print(f"wrote {dest} (config.json, model.safetensors, {hf.TOKENIZER_FILE}); load it with "
           f"transformers.GPT2LMHeadModel.from_pretrained('{dest}')")
     return 0
