@@ -7,7 +7,7 @@ ifneq ($(wildcard $(SHARED_TIKTOKEN)/.),)
 export TIKTOKEN_CACHE_DIR ?= $(SHARED_TIKTOKEN)
 endif
 
-.PHONY: setup train sample test clean
+.PHONY: setup train sample test bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,14 @@ sample: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 tests
+
+# Every benchmark (minutes; on a quiet machine): benchmarks/, see docs/bench.md
+bench: setup
+	$(PY) -m minigpt bench
+
+# On a CUDA machine: the CUDA tests, a 200-step GPT-2 run, a sample, the bench's GPU rows (< 8 min); elsewhere a dry run
+gpu-check: setup
+	PYTHON=$(PY) scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) out
