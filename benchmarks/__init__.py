@@ -13,4 +13,5 @@ WORKLOADS = {  # name -> module, in the order `bench` with no names runs them
     "generate-gpt2": "benchmarks.generate_gpt2",
     "speedrun-cpu": "benchmarks.speedrun_cpu",
     "prepare": "benchmarks.prepare",
+    "plan": "benchmarks.plan",
 }
