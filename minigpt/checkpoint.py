@@ -16,9 +16,10 @@ a file whose bytes differ. Files without the trailer (older minigpt) load unchec
 weights hold a NaN or inf is never written.
 
 Loading a model, from any source, is `load_model(source)`: the one loader behind sample, the attention
-maps, evaluate, export and fine-tuning. A source is a checkpoint (a folder holding ckpt.pt, or a .pt
-file), an OpenAI GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local Hugging Face GPT-2
-folder (config.json + weights); `read_config(source)` reads only its model config, without the weights.
+maps, evaluate, export and fine-tuning (each command's `--model=SOURCE`). A source is a checkpoint (a
+folder holding ckpt.pt, or a .pt file), an OpenAI GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or
+a local Hugging Face GPT-2 folder (config.json + weights), told apart by `resolve(source)`;
+`read_config(source)` reads only its model config, without the weights.
     loaded = load_model(source, device)           # Loaded(model, tokenizer, state, description)
     loaded = load_model("gpt2", config=mine)      # GPT-2's weights in a model with a shorter block_size
                                                   # and this run's dropout (fine-tuning)

@@ -1,9 +1,12 @@
-"""Typed settings and the one place where a TOML file and `--key=value` overrides are merged into them.
+"""Typed settings and the one place where a TOML file and command-line overrides are merged into them.
 
-Every setting is a dataclass field with a default and a one-line help. A command declares which
-sections it reads (e.g. {"model": GPTConfig, "train": TrainConfig}); keys are flat on the command
-line and in TOML files (`n_layer = 4`), and may also be grouped under `[model]`, `[train]` tables.
-Precedence, lowest first: dataclass defaults < `preset` < TOML file < command line.
+Every setting is a dataclass field declared with `opt(default, help, choices=..., range=...)`
+(`minigpt.settings`): `--help` shows what it accepts, and `build_config` refuses any other value in one
+line, whether it came from the command line or a file. A command declares which sections it reads (e.g.
+{"model": GPTConfig, "train": TrainConfig}); keys are flat on the command line (`--key=value` or
+`--key value`) and in TOML files (`n_layer = 4`), and may also be grouped under `[model]`, `[train]`
+tables. Precedence, lowest first: dataclass defaults < `preset` < TOML file < command line. A setting
+renamed since an earlier version is listed in its section's RENAMED, and giving the old name says the new.
 """
 
 from __future__ import annotations
