@@ -190,7 +190,7 @@ def memory_needed(mcfg: GPTConfig, t: TrainConfig, shards: int = 1) -> tuple[int
     return 16 * n // shards + activations, n
 
 
-def check_fits(mcfg: GPTConfig, t: TrainConfig, device_name: str, world: distributed.World) -> None:
+def check_memory(mcfg: GPTConfig, t: TrainConfig, device_name: str, world: distributed.World) -> None:
     """Refuse, before allocating anything, a model or context that cannot fit this machine's memory (RAM,
     or the GPU's), in one line saying how much it needs."""
     need, n = memory_needed(mcfg, t, world.world_size if t.fsdp else 1)
@@ -277,7 +277,7 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
 
     runtime.seed_everything(cfg.runtime.seed)  # the same initial weights on every rank (FSDP shards them as they are)
     if state is not None or not t.model:  # fine-tuning: the weights being read are the size check
-        check_fits(model_config(cfg, vocab_size=dataset.vocab_size,
+        check_memory(model_config(cfg, vocab_size=dataset.vocab_size,
                                 resumed=GPTConfig(**state["model_config"]) if state is not None else None),
                    t, device_name, world)
     model = build_model(cfg, dataset, state)
@@ -572,7 +572,7 @@ def _train(run: Run, launched: float) -> dict:
             if not finite:
                 if t.on_nan == "stop":
                     progress.close()
-                    what = f"the loss became {loss.item()}" if not math.isfinite(loss.item()) else "a gradient became NaN/inf"
+                    what = "a gradient became NaN/inf" if math.isfinite(loss.item()) else f"the loss became {loss.item()}"
                     raise UserError(f"{what} at iteration {it}; stopped, the last good "
                                     f"checkpoint in {run.out_dir} is untouched (lower learning_rate, or on_nan=skip)")
                 run.say(f"warning: non-finite loss or gradient at iteration {it}; step skipped")
