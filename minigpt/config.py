@@ -394,7 +394,7 @@ def usage(sections: dict[str, type], prog: str, about: str, positional: str | No
     first = positional.upper() if positional else "[CONFIG.toml]"
     lines = [f"usage: {prog} {first} [--key=value ...]", "", about, "",
              "Settings are --key=value or --key value; a bool alone (--resume) is true. Every value is checked "
-             "against the type, choices or range shown in brackets."]
+             "against the type, choices or range shown beside it."]
     if "model" in sections:
         lines.append(f"  --preset=NAME  model shape preset: {', '.join(PRESETS)}")
     for sec, cls in sections.items():
