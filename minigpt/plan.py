@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from .config import RuntimeConfig, build_config, opt, parse_cli, train_sections
-from .data import TokenDataset, resolve_dataset
+from .data import TokenDataset, iter_windows, resolve_dataset
 from .errors import UserError, run_cli
 
 # ---- the loss model -----------------------------------------------------------------------------------
@@ -249,22 +249,22 @@ def pilot(dataset: str, shape: Shape, tokens: int, dtype: str, threads: int, val
 
 @torch.no_grad()
 def val_loss(model, data, max_tokens: int = 0, rt=None) -> float:
-    """The loss over the whole split as `minigpt evaluate` computes it, or over `max_tokens` of it in
-    non-overlapping windows spread evenly across the split (a cheaper estimate of the same number)."""
-    from .tools.evaluate import evaluate_split
-
-    block = model.config.block_size
-    if not max_tokens or max_tokens >= len(data) - 1:
-        return evaluate_split(model, data, 32, rt.device if rt else "cpu")[0]
-    n = max(1, max_tokens // block)
-    starts = np.linspace(0, len(data) - block - 2, n).astype(np.int64)
-    w = torch.from_numpy(np.asarray(data[starts[:, None] + np.arange(block + 1)], dtype=np.int64))
+    """The mean loss over the whole split in non-overlapping windows, as `minigpt evaluate` computes it
+    (tests/test_plan.py ties the two), or over `max_tokens` of it in windows spread evenly across the split."""
+    block, device = model.config.block_size, rt.device if rt else "cpu"
     model.eval()
-    total = 0.0
-    for i in range(0, n, 32):
-        x, y = w[i:i + 32, :-1], w[i:i + 32, 1:]
-        total += float(torch.nn.functional.cross_entropy(model(x).float().flatten(0, 1), y.flatten())) * len(x)
-    return total / n
+    if not max_tokens or max_tokens >= len(data) - 1:
+        windows = iter_windows(data, block, 32)
+    else:
+        starts = np.linspace(0, len(data) - block - 2, max(1, max_tokens // block)).astype(np.int64)
+        w = torch.from_numpy(np.asarray(data[starts[:, None] + np.arange(block + 1)], dtype=np.int64))
+        windows = ((w[i:i + 32, :-1], w[i:i + 32, 1:]) for i in range(0, len(w), 32))
+    total, count = 0.0, 0
+    for x, y in windows:
+        logits = model(x.to(device)).float()
+        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), reduction="sum"))
+        count += y.numel()
+    return total / count
 
 
 # ---- the plan -------------------------------------------------------------------------------------------

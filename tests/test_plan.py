@@ -138,6 +138,18 @@ def test_calibration_shifts_the_level_only():
     assert "+0.200" in note
 
 
+def test_val_loss_is_what_evaluate_computes(char_dataset):
+    from minigpt.data import TokenDataset
+    from minigpt.model import GPT, GPTConfig
+    from minigpt.tools.evaluate import evaluate_split
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=40, bias=False))
+    val = TokenDataset(char_dataset).splits["val"]
+    assert planner.val_loss(model, val) == pytest.approx(evaluate_split(model, val)[0], rel=1e-5)
+    assert planner.val_loss(model, val, max_tokens=200) == pytest.approx(evaluate_split(model, val)[0], abs=0.2)
+
+
 # ---- minigpt plan --------------------------------------------------------------------------------------------
 
 @pytest.fixture
