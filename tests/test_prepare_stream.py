@@ -379,12 +379,13 @@ def test_bad_input_one_clear_line_each(tmp_path):
 
 def test_cli_prepares_and_refuses_in_one_line(tmp_path, corpus_file):
     out = tmp_path / "ds"
+    (tmp_path / "empty.txt").write_text("")
     proc = run("data/prepare.py", str(corpus_file), f"--out={out}")
     assert "vocabulary" in proc.stdout and TokenDataset(out).meta["source"].startswith("file:")
     for args, words in [([str(corpus_file), f"--out={out}"], "--overwrite"),
                         ([str(corpus_file), "--out", str(out)], "--overwrite"),  # `--key value` is --key=value
                         ([str(corpus_file), f"--out={tmp_path / 'x'}", "--val_fraction=1"], "(0, 1)"),
-                        ([str(corpus_file), f"--out={tmp_path / 'x'}", "--shard_size=0"], "[1, inf)"),
+                        ([str(tmp_path / "empty.txt"), f"--out={tmp_path / 'x'}"], "holds no text"),
                         ([str(corpus_file), "--tokenizr=gpt2"], "tokenizer")]:
         bad = run("data/prepare.py", *args, check=False)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
