@@ -96,6 +96,11 @@ def test_export_cli_and_bad_format(tmp_path):
     p = run("-m", "minigpt", "export", f"--model={tmp_path}", "--to=hf", str(tmp_path / "out"))
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "not GPT-2's" in p.stdout and config["vocab_size"] == 3 and config["eos_token_id"] is None
+    assert json.loads((tmp_path / "out" / "minigpt_tokenizer.json").read_text()) == tok
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "out" / "model.safetensors")
+    assert weights["transformer.wte.weight"].shape == (3, 8) and "lm_head.weight" not in weights  # tied
     p = run("-m", "minigpt", "export", f"--model={tmp_path}", "--to=onnx", str(tmp_path / "o2"), check=False)
     assert p.returncode == 2 and "--to must be one of hf, got 'onnx'" in p.stderr and "Traceback" not in p.stderr
 

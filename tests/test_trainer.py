@@ -227,6 +227,10 @@ def test_resume_says_when_the_dataset_changed(char_dataset, tmp_path, straight, 
     prepare_text(TEXT[::-1], other)  # the same characters, another text
     train(cfg(other, straight, max_iters=50, resume=True))
     assert "a different dataset" in capsys.readouterr().out
+    state = torch.load(straight / "ckpt.pt", weights_only=True)  # and the checkpoint names the one it trained on
+    assert state["iter_num"] == 50 and state["dataset"] == str(other.resolve())
+    assert state["dataset_id"]["shards"] == [s["sha256"] for split in ("train", "val")
+                                             for s in json.loads((other / "meta.json").read_text())["splits"][split]["shards"]]
 
 
 def test_a_preset_that_contradicts_the_checkpoint_is_refused(char_dataset, straight):
@@ -238,7 +242,9 @@ def test_checkpoint_names_its_dataset_by_absolute_path(char_dataset, tmp_path, s
     state = torch.load(straight / "ckpt.pt", weights_only=True)
     assert state["dataset"] == str(char_dataset.resolve())
     p = run("-m", "minigpt", "evaluate", f"--model={straight}", "--device=cpu", cwd=tmp_path)  # another folder
-    assert "loss" in p.stdout
+    assert f"of {char_dataset.resolve()}" in p.stdout  # found the dataset by the path the checkpoint holds
+    loss = float(p.stdout.split("loss ")[1].split()[0])
+    assert 1.0 < loss < 3.0  # the trained model's (a fresh one: ln 33 = 3.5)
 
 
 def test_a_failed_save_is_one_line_and_keeps_the_previous_checkpoint(char_dataset, tmp_path, straight, monkeypatch):
