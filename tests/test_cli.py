@@ -98,13 +98,10 @@ def test_long_prompt_is_cropped_with_a_note(trained):
     (["train.py", "--n_embd=10", "--n_head=3"], "divisible"),
     (["sample.py", "--model=/nonexistent/dir"], "no model at /nonexistent/dir"),
     (["sample.py", "--temperature=-1"], "temperature"),
+    # each setting's range and the old spellings are tested in-process in test_config; here, end to end
     (["train.py", "--seed=-1"], r"command line: --seed must be in [0, 4294967295], got -1"),
-    (["train.py", "--seed=4294967296"], "--seed must be in [0, 4294967295]"),
-    (["train.py", "--beta2=1.5"], "--beta2 must be in [0, 1), got 1.5"),
     (["train.py", "--learning_rate=nan"], "--learning_rate must be a finite number"),
-    (["train.py", "--init_from=gpt2"], "--init_from is now --model, as --model=gpt2"),
     (["sample.py", "--out_dir=out-baby"], "--out_dir is now --model, as --model=out-baby"),
-    (["-m", "minigpt", "evaluate", "--out_dir=out"], "--out_dir is now --model"),
     (["data/prepare.py", "/nonexistent/file.txt"], "neither"),
 ])
 def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
