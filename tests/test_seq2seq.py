@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, run
 from minigpt.lessons.seq2seq import (
     ADJECTIVES, ALL_MODES, EOS, MAX_LEN, MIN_LEN, MODES, PAD, AdditiveScore, DotScore, GeneralScore, Seq2Seq,
-    Transformer, accuracy_by_source_position, attention_weights, by_bucket, context_vector, evaluate, head_sharpness,
+    Transformer, accuracy_by_source_position, attention_weights, by_bucket, context_vector, evaluate, head_alignment,
     held_out, main, make_pairs, score_translations, sentence, statquest, to_batch, train, translate_by_rule, word_order,
 )
 from minigpt.errors import UserError
@@ -215,8 +215,31 @@ def test_transformer_cross_attention_rows_sum_to_one_and_skip_padding(transforme
     # the greedy loop's weights are those of one teacher-forced pass over what it wrote
     _, again = model.decode(torch.cat([torch.full_like(pred[:, :1], 1), pred[:, :-1]], dim=1), *model.encode(src))
     assert torch.allclose(weights, again, atol=1e-6)
-    sharp = head_sharpness(model, make_pairs(random.Random(5), 4, range(20, 21)))
-    assert sharp.shape == (2, 4) and ((sharp > 1 / 20) & (sharp <= 1)).all()  # above uniform over 20 words
+
+
+def test_head_alignment_counts_where_each_head_looks():
+    pairs = make_pairs(random.Random(5), 3, range(8, 12))
+    src, _, tgt = to_batch(pairs)
+
+    class Stub:  # a transformer whose layer-1 heads read the translated word, layer 2's their own position
+        def eval(self):
+            pass
+
+        def translate(self, src, lengths, max_len):
+            weights = torch.zeros(len(pairs), max_len, 2, 3, src.shape[1])
+            for b, (words, _) in enumerate(pairs):
+                for t, j in enumerate(word_order(words)):
+                    weights[b, t, 0, :, j] = 1.0
+                    weights[b, t, 1, :, t] = 1.0
+            return None, weights
+
+    aligned, own = head_alignment(Stub(), pairs)
+    assert torch.equal(aligned[0], torch.ones(3)) and torch.equal(own[1], torch.ones(3))
+    moved = sum(t != j for words, _ in pairs for t, j in enumerate(word_order(words)))  # reordered words
+    words = sum(len(w) for w, _ in pairs)
+    assert moved > 0
+    assert torch.allclose(aligned[1], torch.full((3,), 1 - moved / words))  # own position = right word if not moved
+    assert torch.allclose(own[0], torch.full((3,), 1 - moved / words))
 
 
 # ---------------------------------------------------------------------------------------------------

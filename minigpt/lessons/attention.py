@@ -369,7 +369,8 @@ def main() -> None:
     shuffled = [WORDS[i] for i in order]
     _show("bidirectional self-attention (b) of the sentence", sa(x), WORDS)
     _show("of the shuffled sentence: the same rows, shuffled the same way", sa(x[order]), shuffled)
-    print(f"\noutputs of the shuffled sentence == shuffled outputs: {torch.allclose(sa(x[order]), sa(x)[order], atol=1e-6)}")
+    same = torch.allclose(sa(x[order]), sa(x)[order], atol=1e-6)
+    print(f"\noutputs of the shuffled sentence == shuffled outputs: {same}")
     pe = sinusoidal_positions(T, 3)
     _show("NEW sinusoidal position vectors, one row per position", pe,
           [f"pos {t}" for t in range(T)])

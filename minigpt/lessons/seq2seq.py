@@ -554,15 +554,22 @@ def accuracy_by_source_position(model: Seq2Seq | Transformer, pairs: list, teach
 
 
 @torch.no_grad()
-def head_sharpness(model: Transformer, pairs: list) -> torch.Tensor:
-    """(L, nh): each cross-attention head's largest weight per translated word, averaged over the pairs'
-    words (and <eos>), greedy decoding. A head near 1 reads one source word at a time: an alignment."""
+def head_alignment(model: Transformer, pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each cross-attention head reads, (L, nh) twice: how often its largest weight falls on the
+    source word the target word translates (the rule's word_order: the alignment), and how often on the
+    source word at the target word's own position. Over the pairs' words, greedy decoding."""
     model.eval()
     src, lengths, tgt = to_batch(pairs)
     _, weights = model.translate(src, lengths, tgt.shape[1])  # (B, T, L, nh, S)
-    real = (tgt != PAD)[:, :, None, None]  # (B, T, 1, 1): the rows of real words and <eos>
-    top = weights.max(dim=-1).values  # (B, T, L, nh)
-    return (top * real).sum(dim=(0, 1)) / real.sum()
+    top = weights.argmax(dim=-1)  # (B, T, L, nh): the source position each head reads most
+    aligned = torch.full(tgt.shape, -1)  # (B, T): the source position of each target word; -1 at <eos>, padding
+    for b, (words, _) in enumerate(pairs):
+        aligned[b, : len(words)] = torch.tensor(word_order(words))
+    real = (aligned >= 0)[:, :, None, None]  # (B, T, 1, 1)
+    own = torch.arange(tgt.shape[1]).view(1, -1, 1, 1)  # (1, T, 1, 1): the target word's own position
+    words = real.sum()
+    reads_aligned = ((top == aligned[:, :, None, None]) & real).sum(dim=(0, 1)) / words
+    return reads_aligned, ((top == own) & real).sum(dim=(0, 1)) / words
 
 
 def mark_errors(words: list[str], reference: list[str]) -> list[str]:
@@ -688,7 +695,7 @@ def showcase(pairs: list) -> tuple[list[str], list[str]]:
 # The command: `python -m minigpt.lessons.seq2seq`
 
 ALL_MODES = MODES + ["transformer"]
-STEPS = {"transformer": 300}  # default steps; the rest 1000. 300 take the transformer about as much CPU time as 1000 take dot
+STEPS = {"transformer": 300}  # default steps, else 1000: the transformer's 300 take about the CPU time of dot's 1000
 
 
 @dataclass
@@ -717,7 +724,7 @@ def check(cfg: Seq2SeqConfig) -> list[str]:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.hidden % cfg.heads:
-        raise UserError(f"--hidden={cfg.hidden} must be a multiple of --heads={cfg.heads} (each head gets an equal share)")
+        raise UserError(f"--hidden={cfg.hidden} must be a multiple of --heads={cfg.heads}: each head gets an equal share")
     if not cfg.lr > 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     out = Path(cfg.out)
@@ -773,15 +780,16 @@ def main(argv: list[str]) -> int:
                                   out / "position_accuracy_none.png", f"none ({cfg.cell})")
             print(f"             accuracy by source position: {path}")
         if mode == "transformer":
-            # The map shows the head that aligns most sharply on the longest held-out sentences: the one
-            # doing the reordering. Other heads spread their weights and are hard to read as an alignment.
-            sharp = head_sharpness(model, longest)  # (L, nh)
-            layer, head = divmod(int(sharp.argmax()), sharp.shape[1])
-            print("             cross-attention heads' mean largest weight on the 26-30-word sentences "
-                  "(rows: layers):\n" + "\n".join("               " + " ".join(f"{v:.2f}" for v in row)
-                                                  for row in sharp.tolist()))
+            # The map shows the head that reads the word being translated most often, to compare with the
+            # RNNs' alignments; the printout says what the other heads read.
+            aligned, own = head_alignment(model, longest)  # (L, nh) each
+            layer, head = divmod(int(aligned.argmax()), aligned.shape[1])
+            for name, share in (("the word it translates", aligned), ("the word at its own position", own)):
+                print(f"             how often each cross-attention head reads {name} most, 26-30-word "
+                      "sentences:\n" + "\n".join(f"               layer {i + 1}: " + " ".join(f"{v:.2f}" for v in row)
+                                                 for i, row in enumerate(share.tolist())))
             weights = weights[:, layer, head]  # (steps, S)
-            what = f"transformer cross-attention, layer {layer + 1} head {head + 1} (the sharpest)"
+            what = f"transformer cross-attention, layer {layer + 1} head {head + 1}"
         else:
             what = f"{mode} attention ({cfg.cell})"
         if weights is not None:
