@@ -141,7 +141,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 # Settings that say what this invocation does, not how the run trains: never taken from a checkpoint.
-INVOCATION = {"out_dir", "dataset", "init_from", "model", "resume", "overwrite", "eval_only"}
+INVOCATION = {"out_dir", "dataset", "model", "resume", "overwrite", "eval_only"}
 
 
 def continued_settings(cfg: Config, state: dict, out_dir: Path, world: distributed.World) -> tuple[TrainConfig, int]:
