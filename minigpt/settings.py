@@ -39,7 +39,8 @@ class Interval:
 
 
 def interval(text: str) -> Interval:
-    """"[0, 1)" -> Interval; a malformed one is a programming error, raised when the field is declared."""
+    """The Interval a text such as "[0, 1)" declares; a malformed one is a programming error, raised when the
+    field is declared (at import)."""
     m = _INTERVAL.match(text)
     if not m:
         raise ValueError(f"range {text!r} is not an interval such as '[0, 1)' or '(0, inf)'")
