@@ -270,3 +270,14 @@ def test_resolve_is_the_one_reading_of_a_model_source(tmp_path):
         checkpoint.resolve("")
     with pytest.raises(UserError, match="no checkpoint at"):
         checkpoint.resolve(tmp_path)  # a folder without ckpt.pt
+
+
+def test_an_interval_reads_as_written_and_a_malformed_one_fails_at_declaration():
+    from minigpt.settings import interval, opt
+
+    half_open = interval("(0, 1]")
+    assert 0 not in half_open and 1e-9 in half_open and 1 in half_open and 1.0000001 not in half_open
+    assert 10**12 in interval("[1, inf)") and 0 not in interval("[1, inf)")
+    for bad in ("[0 1)", "0, 1", "[2, 1]", "[a, 1)"):
+        with pytest.raises(ValueError):
+            opt(0, "x", range=bad)
