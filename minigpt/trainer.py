@@ -260,8 +260,12 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
     """Everything before the first step: data, model, optimizer, resume state, wrapping, logging."""
     t = cfg.train
     micro_steps = check_settings(t, world)
-    dataset = TokenDataset(resolve_dataset(t.dataset))
     out_dir = Path(t.out_dir)
+    if (t.resume or t.eval_only) and "dataset" not in cfg.explicit and (out_dir / "ckpt.pt").is_file():
+        # the dataset it trained on, not the default one (the header alone: its tensors stay unread)
+        if saved := checkpoint.load(out_dir / "ckpt.pt", mmap=True).get("dataset"):
+            cfg.sections["train"] = t = dataclasses.replace(t, dataset=saved)
+    dataset = TokenDataset(resolve_dataset(t.dataset))
     state = initial_state(t, dataset, out_dir)
     if t.resume and state is None and world.is_main:
         tqdm.write(f"--resume: no checkpoint in {out_dir} yet, starting a fresh run")

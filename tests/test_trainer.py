@@ -470,9 +470,8 @@ def test_resume_without_settings_continues_with_the_checkpoints(char_dataset, tm
     ref, out = tmp_path / "ref", tmp_path / "parts"
     train(cfg(char_dataset, ref, max_iters=40, **changed))
     train(cfg(char_dataset, out, max_iters=20, **changed))
-    resumed = build_config(train_sections(), overrides={"dataset": str(char_dataset), "out_dir": str(out),
-                                                        "resume": "true", "max_iters": "40", "device": "cpu",
-                                                        "plot": "false", "threads": "1"})
+    resumed = build_config(train_sections(), overrides={"out_dir": str(out), "resume": "true", "max_iters": "40",
+                                                        "device": "cpu", "plot": "false", "threads": "1"})  # no dataset
     train(resumed)
     assert weights_hash(out) == weights_hash(ref) and losses_of(out) == losses_of(ref)
     saved = torch.load(out / "ckpt.pt", weights_only=True)
