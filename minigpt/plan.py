@@ -306,7 +306,7 @@ def _dtypes(rc: RuntimeConfig, device) -> list[str]:
     if rc.dtype != "auto":
         runtime.pick_dtype(rc.dtype, device)  # refuses what this machine cannot run, in one line
         return [rc.dtype]
-    if device.type == "cpu" and runtime._cpu_has_bf16():
+    if device.type == "cpu" and runtime.cpu_bf16_native():
         return ["bfloat16", "float32"]
     return [str(runtime.pick_dtype("auto", device, 768)).removeprefix("torch.")]
 

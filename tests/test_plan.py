@@ -150,7 +150,18 @@ def test_val_loss_is_what_evaluate_computes(char_dataset):
     assert planner.val_loss(model, val, max_tokens=200) == pytest.approx(evaluate_split(model, val)[0], abs=0.2)
 
 
-# ---- minigpt plan --------------------------------------------------------------------------------------------
+# ---- minigpt plan ----------------------------------------------------------------------------------------
+
+def test_auto_precision_times_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from minigpt import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: True)
+    assert planner._dtypes(RuntimeConfig(dtype="auto"), cpu) == ["bfloat16", "float32"]
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: False)
+    assert planner._dtypes(RuntimeConfig(dtype="auto"), cpu) == ["float32"]
+    assert planner._dtypes(RuntimeConfig(dtype="float32"), cpu) == ["float32"]
+
 
 @pytest.fixture
 def small_shapes(monkeypatch):
