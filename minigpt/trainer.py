@@ -280,7 +280,7 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
                    f"a different dataset with the same tokenizer")
 
     runtime.seed_everything(cfg.runtime.seed)  # the same initial weights on every rank (FSDP shards them as they are)
-    if state is not None or not t.model:  # fine-tuning: the weights being read are the size check
+    if not t.eval_only and (state is not None or not t.model):  # fine-tuning: build_model's check_fits
         check_memory(model_config(cfg, vocab_size=dataset.vocab_size,
                                 resumed=GPTConfig(**state["model_config"]) if state is not None else None),
                    t, device_name, world)
