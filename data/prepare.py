@@ -4,7 +4,13 @@ The pipeline is minigpt/prepare.py; `--help` lists the settings, docs/prepare.md
 """
 
 from minigpt.errors import run_cli
-from minigpt.prepare import main
+
+
+def main(argv: list[str]) -> int:
+    from minigpt.prepare import main as prepare  # imported under run_cli: Ctrl-C while loading is one line
+
+    return prepare(argv)
+
 
 if __name__ == "__main__":
     run_cli(main)
