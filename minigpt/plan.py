@@ -84,16 +84,19 @@ def _nnls3(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def fit_loss_model(points: list[tuple[float, float, float]], unique: float = 0.0,
-                   exponents: tuple[float, float] | None = None) -> LossModel:
+                   exponents: tuple[float, float] | None = None, E: float | None = None) -> LossModel:
     """Least-squares fit of L(N, D) to (N, D, loss) points. For each (alpha, beta) the model is linear in
     (E, A, B) >= 0, solved exactly; (alpha, beta) are searched on a grid, then on a finer one around the best.
-    `exponents` fixes (alpha, beta): what a handful of short pilots can support (E, A, B only)."""
+    `exponents` fixes (alpha, beta), `E` fixes the floor: what points far from the floor can support."""
     n = np.array([p[0] for p in points], float)
     d = np.array([effective_tokens(p[1], unique) for p in points], float)
-    y = np.array([p[2] for p in points], float)
+    y = np.array([p[2] for p in points], float) - (E or 0.0)
 
     def solve(alpha: float, beta: float) -> tuple[float, np.ndarray]:
         X = np.stack([np.ones_like(n), n ** -alpha, d ** -beta], axis=1)
+        if E is not None:
+            coef, err = _nnls3(X[:, 1:], y)
+            return err, np.concatenate([[E], coef])
         coef, err = _nnls3(X, y)
         return err, coef
 

@@ -122,6 +122,13 @@ def test_the_fit_with_fixed_exponents_recovers_the_coefficients():
     assert (fit.E, fit.A, fit.B) == pytest.approx((TRUE["E"], TRUE["A"], TRUE["B"]), rel=1e-6)
 
 
+def test_the_fit_with_a_fixed_floor_recovers_the_rest():
+    true, points = synthetic()
+    fit = planner.fit_loss_model(points, E=TRUE["E"])
+    assert fit.E == TRUE["E"]
+    assert (fit.alpha, fit.beta) == pytest.approx((TRUE["alpha"], TRUE["beta"]), abs=0.005)
+
+
 def test_repeated_epochs_count_less():
     u = 1e6
     assert planner.effective_tokens(5e5, u) == 5e5  # the first epoch counts in full
