@@ -143,7 +143,8 @@ def load_split(path: Path, meta: dict, split: str, verify: bool) -> Tokens:
                             f"prepare the dataset again")
         arrays.append(arr)
     total = sum(map(len, arrays))
-    for where, said in ((f"splits.{split}.tokens", info.get("tokens")), (f"{split}_tokens", meta.get(f"{split}_tokens"))):
+    for where, said in ((f"splits.{split}.tokens", info.get("tokens")),
+                        (f"{split}_tokens", meta.get(f"{split}_tokens"))):
         if said is not None and said != total:
             raise UserError(f"meta.json of {path} says the {split} split holds {said} tokens ({where}) but its shards "
                             f"hold {total}; the dataset is inconsistent, prepare it again")
