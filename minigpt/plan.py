@@ -364,9 +364,10 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
         how += (", made on another corpus" + ("" if p.pilot else ": without pilots expect a larger error"))
 
     def train_seconds(s: Speed) -> float:
-        """What the budget leaves for training steps: start-up (imports, setup), the evaluation and checkpoint
-        at step 0 and at the end."""
-        return budget - import_s - s.setup_s - 2 * s.eval_s
+        """What the budget leaves for training steps: start-up (imports, and the slowest setup measured: the
+        first one pays lazy imports, as a fresh train.py does), the evaluation and checkpoint at step 0 and at
+        the end."""
+        return budget - import_s - max(x.setup_s for x in speeds.values()) - 2 * s.eval_s
 
     def predict(s: Speed) -> Row:
         tokens = max(0.0, train_seconds(s) * s.tokens_per_s)
