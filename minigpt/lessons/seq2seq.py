@@ -260,7 +260,7 @@ class Encoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
-# 4. The decoder: a GRU that starts from the encoder's final state and reads the previous target word;
+# 4. The decoder: an RNN (GRU or LSTM) that starts from the encoder's final state and reads the previous target word;
 #    each of its states h_t is joined with a context vector c_t, and an output layer predicts word t.
 #    mode "none": c_t is the encoder's final state for every t (Cho et al. 2014): one fixed vector
 #    must carry the whole sentence, however long.
@@ -296,7 +296,7 @@ class Decoder(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------
 # 5. Encoder + decoder. Training feeds the true previous word at every step (teacher forcing), so all
-#    steps run as one GRU call; translating feeds the model's own previous guess (greedy decoding).
+#    steps run as one RNN call; translating feeds the model's own previous guess (greedy decoding).
 
 def shift_right(tgt: torch.Tensor) -> torch.Tensor:
     """Targets (B, T) -> the decoder's inputs (B, T): <bos>, then the true words; position t reads word t-1."""
@@ -342,9 +342,9 @@ class Seq2Seq(nn.Module):
 #    NEW: positions (f). Nothing reads the words in order any more, so each embedding gets a learned
 #         vector for its place; without it "the big cat" and "cat big the" would encode alike.
 #    NEW: the encoder is a stack of bidirectional self-attention blocks (e1): each source word's state is
-#         mixed from the whole sentence at once, instead of "the sentence up to word j" from a GRU.
+#         mixed from the whole sentence at once, instead of "the sentence up to word j" from an RNN.
 #    NEW: the decoder reads the previous target words through causal self-attention (c, d) instead of
-#         a GRU state; the mask keeps the training-time view equal to the word-by-word one.
+#         an RNN state; the mask keeps the training-time view equal to the word-by-word one.
 #    the same: cross-attention (e2) is section 2's attention with the decoder states as queries and the
 #         encoder states as keys and values, now with learned W_q, W_k, W_v and several heads per block.
 #    NEW: around every attention, what GPT has around it: a LayerNorm before it, a residual connection
