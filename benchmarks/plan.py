@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -51,14 +52,17 @@ def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: 
         return {**row, "notes": failed("minigpt plan", proc)}
     planned = tomllib.loads(config.read_text())
     predicted = float(config.read_text().split("full-val loss ", 1)[1].split()[0])
-    wall, proc = run_timed([python(), str(ROOT / "train.py"), str(config)])
+    launched = time.time()
+    exit_wall, proc = run_timed([python(), str(ROOT / "train.py"), str(config)])
     if proc.returncode:
         return {**row, "notes": failed("train.py", proc)}
+    wall = (out / "ckpt.pt").stat().st_mtime - launched  # launch to checkpoint: the budget's end
     loss = full_val_loss(out)
     shape = f"{planned['n_layer']}x{planned['n_embd']}, {planned['n_head']} heads, ctx {planned['block_size']}"
     return {**row, "wall": wall, "loss": loss, "predicted": predicted, "shape": shape, "dtype": planned["dtype"],
             "notes": f"{shape} {planned['dtype']}: predicted {predicted:.3f}, full-val {loss:.4f} "
-                     f"({loss - predicted:+.3f}); wall {wall:.1f}s of {minutes * 60:.0f}s ({wall / (minutes * 60):.1%})"}
+                     f"({loss - predicted:+.3f}); launch to checkpoint {wall:.1f}s of {minutes * 60:.0f}s "
+                     f"({wall / (minutes * 60):.1%}), to exit {exit_wall:.1f}s"}
 
 
 def docs_table(rows: list[dict]) -> str:
