@@ -7,8 +7,8 @@
 2. Predict: the full-val loss of each candidate after the tokens it sees in the budget, from
    L(N, D) = E + A / N^alpha + B / D'^beta  (N: non-embedding parameters; D': tokens seen, repeated epochs
    discounted as in Muennighoff et al. 2023: D' = U + U R* (1 - exp(-(D/U - 1) / R*)) past U unique tokens).
-   The exponents come from the built-in fits (pilot runs of this recipe on the bundled corpora, see
-   BUILTIN); pilot runs on this dataset (at most `pilot_share` of the budget) refit E, A, B.
+   The fit is built in (pilot runs of this recipe on the bundled corpora, see BUILTIN); short pilot runs
+   on this dataset (at most `pilot_share` of the budget) shift its level E to this dataset.
 3. Pick the lowest predicted loss and write a TOML config that `python train.py FILE` runs as it is,
    with `max_minutes` set (the schedule is timed against the budget), headed by its prediction.
 """
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import RuntimeConfig, build_config, opt, parse_cli, train_sections
+from . import distributed, runtime, trainer
+from .config import Config, RuntimeConfig, build_config, opt, parse_cli, train_sections
 from .data import TokenDataset, iter_windows, resolve_dataset
 from .errors import UserError, run_cli
 
@@ -187,7 +188,7 @@ def bundled(dataset: TokenDataset) -> bool:
 # ---- running the real training code --------------------------------------------------------------------
 
 def train_config(dataset: str, shape: Shape, out_dir: str, *, dtype: str, threads: int, seed: int = 1337,
-                 **train) -> "Config":  # noqa: F821
+                 **train) -> Config:
     """The Config train.py would build for this shape and the recipe."""
     settings = dict(dataset=dataset, out_dir=out_dir, device="cpu", dtype=dtype, threads=threads, seed=seed,
                     mfu=False, plot=False, overwrite=True, eval_iters=5, log_interval=1_000_000, **RECIPE,
@@ -216,8 +217,6 @@ def measure(dataset: str, shape: Shape, dtype: str, threads: int, steps: int = 3
             device: str = "cpu") -> Speed:
     """tokens/s of `steps` real training steps after `warm` untimed ones, with train.py's setup; the
     evaluation + checkpoint time from the forward share of a step (eval_iters batches of two splits)."""
-    from . import distributed, trainer
-
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         cfg = train_config(dataset, shape, tmp, dtype=dtype, threads=threads, device=device)
         t0 = time.perf_counter()
@@ -240,8 +239,6 @@ def pilot(dataset: str, shape: Shape, tokens: int, dtype: str, threads: int, val
           seed: int = 1337, device: str = "cpu") -> tuple[float, float, float]:
     """Train `shape` on about `tokens` tokens with the recipe (steps, not time; the same warmup and cooldown
     fractions) and return (N, D, val loss): over the whole val split, or `val_tokens` of it spread evenly."""
-    from . import distributed, trainer
-
     steps = max(4, round(tokens / (shape.batch_size * shape.block_size)))
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         cfg = train_config(dataset, shape, tmp, dtype=dtype, threads=threads, seed=seed, max_iters=steps,
@@ -308,8 +305,6 @@ class Row:
 def _dtypes(rc: RuntimeConfig, device) -> list[str]:
     """The precisions to time: as given, or for 'auto' on a CPU with native bf16 both bf16 and fp32 (autocast's
     casts can cost narrow models more than the faster matmuls save; measuring settles it)."""
-    from . import runtime
-
     if rc.dtype != "auto":
         runtime.pick_dtype(rc.dtype, device)  # refuses what this machine cannot run, in one line
         return [rc.dtype]
@@ -330,8 +325,6 @@ class Plan:
 def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say=print) -> Plan:
     """Measure, predict, pick. `import_s`: what train.py's imports
     take before its first line (counted in its budget), measured by `main`."""
-    from . import runtime
-
     if not p.minutes > 0:
         raise UserError(f"--minutes must be a positive budget in minutes, got {p.minutes:g}")
     if not p.dataset:
