@@ -560,8 +560,6 @@ def _train(run: Run, launched: float) -> dict:
                     budget.evaluated(time.time() - t_eval)
                     last = last or distributed.any_flag(budget.over(), run.world, run.rt.device)
             if last:
-                if budget:
-                    budget.check_room()
                 break
 
             if budget:  # one rate on every rank (it comes from each one's clock)
@@ -589,6 +587,8 @@ def _train(run: Run, launched: float) -> dict:
                 run.save(improved=False)
                 break
     elapsed = progress.close()
+    if budget:
+        budget.check_room()
     if stopped_by is not None:
         run.say(f"stopped by {signal.Signals(stopped_by).name} after iteration {st.iter_num}: checkpoint saved to "
                 f"{run.out_dir / 'ckpt.pt'}; continue with `python train.py ... --resume`")
