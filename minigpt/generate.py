@@ -134,13 +134,12 @@ def compile_step(model: GPT):
     inductor's C++ GEMM template has kernels for the weights (`_cpu_gemm_template_runs`), the weights are
     frozen into the compiled code (change them and compile again) and every weight product is that
     template: it packs each weight once into column blocks, so one row's product streams the weight
-    front to back with no per-row reduction. Measured on GPT-2 at batch 1 (2-core AMD EPYC Zen 4,
-    in-process A/B): bf16 7.36 -> 5.39 ms and fp32 13.7 -> 10.1 ms per token against the
-    multiply-and-sum it replaces. The packed weights are a second copy of the Linear weights
-    (GPT-2 fp32: 1.5 GB resident after compiling instead of 0.85, 2.2 GB at the peak while compiling).
-    An int8 model keeps its multiply-and-sum (`kernels.gemv`), where the dequantization is fused in; a low
-    realize threshold there makes inductor compute each LayerNorm / GELU output once into a buffer instead
-    of recomputing it for every output row.
+    front to back with no per-row reduction (faster than the multiply-and-sum it replaced; figures in
+    docs/sample.md and the bench). The packed weights are a second copy of the Linear weights (GPT-2
+    fp32: ~1.5 GB resident after compiling instead of 0.85). An int8 model keeps its multiply-and-sum
+    (`kernels.int8_linear`), where the int8 -> float conversion is fused in; a low realize threshold there
+    makes inductor compute each LayerNorm / GELU output once into a buffer instead of recomputing it for
+    every output row.
     """
     use_decode_linears(model)  # as decode_steps does, before compiling: the model's classes then never change
     options = {"realize_opcount_threshold": 4}

@@ -8,6 +8,7 @@ tests/test_kernels.py holds it to that reference:
     embedding(idx, table, ...)  token lookup                   reference: F.embedding
     lm_loss(logits, targets)    mean next-token cross-entropy  reference: F.cross_entropy on fp32 logits
     DecodeLinear, gemv          one row times a weight         reference: F.linear
+    int8_linear(x, q, scale)    x times an int8 weight         reference: int8_linear_reference
 
 Shape letters as in model.py: B batch, nh heads, T query positions, S key positions, hs head size,
 V vocabulary size, N = B*T rows of logits.
@@ -76,7 +77,7 @@ def embedding(idx: torch.Tensor, table: torch.Tensor, tied_head: bool) -> torch.
 
     With the head tied to the table (`tied_head`), the table already gets a dense (V, C) gradient from
     the head; the lookup's gradient is then added to it as B*T sparse rows instead of a second zero-filled
-    (V, C) table (~95 ms of a GPT-2 step on a CPU). The sum autograd hands the optimizer stays dense.
+    (V, C) table, which is written and summed every step. The sum autograd hands the optimizer stays dense.
     Compiled code takes the dense lookup (inductor fuses its gradient itself).
     """
     sparse = tied_head and torch.is_grad_enabled() and not torch.compiler.is_compiling()
@@ -104,9 +105,10 @@ class BlockwiseCrossEntropy(torch.autograd.Function):
     block upcast to fp32 by the softmax itself.
 
     The plain version makes a full fp32 copy of the logits, a log-softmax, a zero-filled gradient, the
-    softmax backward and a cast back: ~40 bytes moved per logit, 1.3 s of a 1024-token GPT-2 step on
-    2 cores. Here the forward keeps only each row's loss, and the backward recomputes the softmax and
-    writes (softmax - onehot) / count straight into a gradient of the logits' dtype: ~18 bytes per logit.
+    softmax backward and a cast back: ~40 bytes moved per logit (V = 50257 makes the logits the largest
+    tensor of a GPT-2 step). Here the forward keeps only each row's loss, and the backward recomputes the
+    softmax and writes (softmax - onehot) / count straight into a gradient of the logits' dtype: ~18 bytes
+    per logit.
     """
 
     ELEMENTS = 1 << 23  # logits per block: 166 rows of GPT-2's 50257 (32 MB in fp32); a char model's in one block
@@ -190,3 +192,37 @@ def use_decode_linears(model: nn.Module) -> nn.Module:
         if type(module) is nn.Linear:
             module.__class__ = DecodeLinear
     return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Int8 weights (minigpt.quant): an int8 weight q (out, in) with one fp32 scale per output row
+
+FUSED_ROWS = 8  # compiled decode steps of up to this many rows (the batch) take the fused multiply-and-sum
+
+
+def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference: x (..., in) times q converted to x's dtype, then each output scaled: (..., out)."""
+    y = (F.linear(x, q.to(x.dtype)) * scale).to(x.dtype)  # the scale in fp32: in bf16 it would bias a row by up to 0.4%
+    return y if bias is None else y + bias
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`int8_linear_reference` (same arguments); in compiled code on a CPU, few rows (a decode step's
+    batch) are a multiply-and-sum per row (`gemv`), which inductor fuses with the int8 -> float conversion
+    as it reads the weight (one multiply-and-sum over all rows at once, (out, rows, in) summed over in,
+    measured slower than fp32 weights). Compiled, the reference's conversion would write the whole weight
+    out in x's dtype every call: one int8 byte read, four written and read back per weight, slower than
+    fp32 weights themselves. Eager, each call converts the whole weight (smaller than fp32, not faster).
+    """
+    w = q.to(x.dtype)
+    rows = x.numel() // x.size(-1)
+    if one_cpu_row(x):
+        y = gemv(w, x)
+    elif torch.compiler.is_compiling() and x.device.type == "cpu" and rows <= FUSED_ROWS:
+        # a gemv per row (the batch size is then fixed in the compiled code), each a pass over the int8 weight
+        y = torch.stack([gemv(w, row) for row in x.reshape(rows, -1)]).view(*x.shape[:-1], -1)  # (..., out)
+    else:
+        y = F.linear(x, w)
+    y = (y * scale).to(x.dtype)
+    return y if bias is None else y + bias

@@ -6,17 +6,17 @@ as int8 with one fp32 scale per output row, so a decoded token reads a quarter o
 Per-row symmetric: scale = max|w_row| / 127, q = round(w / scale) in [-127, 127]. Each weight moves
 by at most scale / 2, so an output y = sum_i w_i x_i moves by at most scale / 2 * sum_i |x_i|.
 Activations, LayerNorms and the embeddings stay in the model's dtype. The speed comes with the
-compiled decode step (`generate.compile_step`), where inductor fuses int8 -> float into the
-matrix-vector product; eager, each call dequantizes the whole weight (smaller, not faster).
+compiled decode step (`generate.compile_step`), where inductor fuses int8 -> float into one pass over
+the weight for all the step's rows (`kernels.int8_linear`); eager, each call dequantizes the whole
+weight (smaller, not faster).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .kernels import gemv, one_cpu_row
+from .kernels import int8_linear
 
 MODES = ("none", "int8")
 
@@ -33,10 +33,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype)  # compiled, inductor fuses this into the product's one pass over the weight
-        y = gemv(w, x) if one_cpu_row(x) else F.linear(x, w)
-        y = (y * self.scale).to(x.dtype)  # the scale in fp32: a bf16 scale would bias each row by up to 0.4%
-        return y if self.bias is None else y + self.bias
+        return int8_linear(x, self.weight, self.scale, self.bias)  # the fast paths: minigpt.kernels
 
 
 def quantize(model: nn.Module, mode: str) -> nn.Module:
