@@ -119,11 +119,10 @@ def fit_loss_model(points: list[tuple[float, float, float]], unique: float = 0.0
 # characters; 'bpe': the bundled plays (`shakespeare`) with the gpt2 tokenizer; either is the prior for
 # other datasets of its kind.
 BUILTIN: dict[str, tuple[LossModel, str]] = {
-    # 6 runs of 0.39-1.77M params x 0.5-2.0M tokens (two of them configs/quality_cpu.toml's), rms miss 0.003;
-    # E fixed at 1.1: runs this far from the floor cannot place it (0.9 to 1.3 fit as well, and move the
-    # predictions up to 20M tokens by less than 0.03)
-    "char": (LossModel(E=1.1, A=1.6528, alpha=0.106, B=86263.6, beta=0.94),
-             "6 runs on tinyshakespeare characters, 0.4-1.8M params x 0.5-2M tokens"),
+    # 8 runs of 0.39-4.7M params x 0.5-2.05M tokens (two of them configs/quality_cpu.toml's), rms miss 0.004;
+    # E fixed at 1.1: runs this far from the floor cannot place it (docs/plan.md)
+    "char": (LossModel(E=1.1, A=1.6193, alpha=0.104, B=85490.0, beta=0.94),
+             "8 runs on tinyshakespeare characters, 0.4-4.7M params x 0.5-2M tokens"),
     "bpe": (LossModel(E=3.5, A=60.0, alpha=0.35, B=400.0, beta=0.40), "placeholder"),
 }
 
