@@ -456,7 +456,7 @@ def render_config(p: PlanConfig, path: Path, best: Row, rows: list[Row], model: 
     lines = [
         f"# Planned by `python -m minigpt plan {p.dataset} --minutes={p.minutes:g}` for this machine "
         f"({threads} threads, {best.speed.dtype}).",
-        f"# Prediction: full-val loss {best.loss:.3f} (python -m minigpt evaluate --model={out_dir}), "
+        f"# Prediction: full-val loss {best.loss:.3f} (python -m minigpt evaluate --model={out_dir} --dtype=float32), "
         f"{s.name()} ({s.params / 1e6:.2f}M non-embedding",
         f"# parameters) at {best.speed.tokens_per_s:,.0f} tokens/s measured: about {best.tokens / 1e6:.2f}M tokens "
         f"({best.tokens / s.params:.1f} per parameter, ~{steps:,.0f} steps) in the budget.",
