@@ -90,7 +90,8 @@ class Run:
             self.out_dir / "ckpt.pt", model=self.model, optimizer=self.optimizer, scaler=self.scaler,
             batches=self.batches, train_state=self.state, world=self.world, fsdp=self.t.fsdp,
             tokenizer_spec=self.dataset.tokenizer.spec(), config=self.cfg.to_dict(),
-            dataset=str(self.dataset.path.resolve()), dataset_id=dataset_id(self.dataset))
+            dataset=str(self.dataset.path.resolve()), dataset_id=dataset_id(self.dataset),
+            runtime={"device": self.rt.device.type, "dtype": str(self.rt.dtype).removeprefix("torch.")})
         if path is None:  # not rank 0
             return
         if improved:
@@ -256,6 +257,21 @@ def build_model(cfg: Config, dataset: TokenDataset, state: dict | None) -> GPT:
     return checkpoint.load_model(t.model, config=mcfg).model.train()
 
 
+def run_runtime(cfg: Config, state: dict | None, n_embd: int, device_name: str,
+                world: distributed.World) -> runtime.Runtime:
+    """runtime.setup for a run, with one dtype for all of it: `dtype=auto` on a CPU is a timed choice, so a
+    resumed run keeps the dtype its checkpoint trained in (same device type), and under torchrun every rank
+    takes bf16 if any rank's probe chose it, rather than each its own."""
+    rc, saved = cfg.runtime, (state or {}).get("runtime", {})
+    if rc.dtype == "auto" and saved.get("device") == runtime.pick_device(device_name).type:
+        rc = dataclasses.replace(rc, dtype=saved["dtype"])
+    rt = runtime.setup(rc, n_embd, device=device_name)
+    if rc.dtype == "auto" and rt.device.type == "cpu" and world.distributed:
+        bf16 = distributed.any_flag(rt.dtype is torch.bfloat16, world, rt.device)
+        rt = dataclasses.replace(rt, dtype=torch.bfloat16 if bf16 else torch.float32)
+    return rt
+
+
 def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
     """Everything before the first step: data, model, optimizer, resume state, wrapping, logging."""
     t = cfg.train
@@ -285,7 +301,7 @@ def setup(cfg: Config, world: distributed.World, device_name: str) -> Run:
                                 resumed=GPTConfig(**state["model_config"]) if state is not None else None),
                    t, device_name, world)
     model = build_model(cfg, dataset, state)
-    rt = runtime.setup(cfg.runtime, model.config.n_embd, device=device_name)
+    rt = run_runtime(cfg, state, model.config.n_embd, device_name, world)
     if world.is_main and not t.eval_only:
         check_out_dir(out_dir)
     model = model.to(rt.device)

@@ -122,7 +122,8 @@ for fsdp in (False, True):
     before = [p.detach().clone() for p in model.parameters()]
     stepped = clip_and_step(opt, torch.amp.GradScaler("cpu", enabled=False), model.parameters(), 1.0)
     unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    print(f"fsdp={fsdp} rank={rank} stepped={stepped} unchanged={unchanged}", flush=True)
+    with open(f"{sys.argv[1]}/fsdp{fsdp}_rank{rank}.txt", "w") as f:  # a file each: the ranks' stdout interleaves
+        f.write(f"fsdp={fsdp} rank={rank} stepped={stepped} unchanged={unchanged}")
 dist.destroy_process_group()
 """
 
@@ -132,6 +133,6 @@ def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(tmp_path
     # DTensor, so every rank sees the inf and skips together, with no collective of its own
     script = tmp_path / "one_rank.py"
     script.write_text(NON_FINITE_ON_ONE_RANK)
-    p = run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script))
-    lines = sorted(line for line in p.stdout.splitlines() if line.startswith("fsdp="))
+    run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path))
+    lines = sorted(f.read_text() for f in tmp_path.glob("fsdp*_rank*.txt"))
     assert lines == [f"fsdp={f} rank={r} stepped=False unchanged=True" for f in (False, True) for r in (0, 1)]

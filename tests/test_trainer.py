@@ -545,3 +545,18 @@ def test_a_model_or_context_too_big_for_this_machine_is_refused_before_allocatin
     t = cfg(char_dataset, tmp_path / "o").train  # batch_size 4
     n = 33 * 32 + 32 * 32 + 2 * (2 * 32 + 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 32  # wte, wpe, blocks, ln_f
     assert memory_needed(tiny, t) == (16 * n + 4 * 32 * 2 * 32 * 16 * 2, n)
+
+
+@pytest.mark.skipif(not __import__("minigpt.runtime").runtime.cpu_bf16_native(),
+                    reason="needs a CPU with native bf16 (AVX512-BF16 or AMX) for dtype=auto to choose bf16")
+def test_a_resumed_run_keeps_the_dtype_auto_chose(char_dataset, tmp_path, monkeypatch, capsys):
+    # dtype=auto on a CPU is a timed choice; a resume that timed again could continue in the other dtype
+    from minigpt import runtime
+    monkeypatch.setenv(runtime.AUTO_CPU_ENV, "bfloat16")  # the first process's probe chose bf16
+    train(cfg(char_dataset, tmp_path, max_iters=4, dtype="auto"))
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["runtime"] == {"device": "cpu", "dtype": "bfloat16"}
+    monkeypatch.setenv(runtime.AUTO_CPU_ENV, "float32")  # the resumed process's would choose fp32
+    capsys.readouterr()
+    train(cfg(char_dataset, tmp_path, max_iters=8, dtype="auto", resume=True))
+    assert "training on cpu bfloat16" in capsys.readouterr().out
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["runtime"]["dtype"] == "bfloat16"
