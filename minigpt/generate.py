@@ -37,6 +37,8 @@ TOP_P_SLACK = 1e-6
 class Sampling:
     """How the next token is chosen from the logits; applied in this order:
 
+    vocab_size          only ids below it can be drawn (a model whose vocabulary is padded past its
+                        tokenizer's, e.g. to 50304, has logits for ids no tokenizer decodes); 0: all
     repetition_penalty  CTRL's rule on tokens already in the text: positive logits divided by it,
                         negative ones multiplied (> 1 discourages repeats; 1 disables)
     temperature         logits divided by it: < 1 sharpens, > 1 flattens; 0 is greedy (argmax)
@@ -48,6 +50,7 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    vocab_size: int = 0
 
     def __post_init__(self):
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -58,6 +61,8 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise ValueError(f"repetition_penalty must be a positive number (1 disables it), got {self.repetition_penalty}")
+        if self.vocab_size < 0:
+            raise ValueError(f"vocab_size must be >= 0 (0 allows every id), got {self.vocab_size}")
 
     @property
     def greedy(self) -> bool:
@@ -70,6 +75,8 @@ GREEDY = Sampling(temperature=0.0)
 def _penalized(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor | None) -> torch.Tensor:
     """Float32 logits with NaN/inf made safe and the repetition penalty applied to `seen` tokens."""
     logits = torch.nan_to_num(logits.float(), nan=-math.inf, posinf=torch.finfo(torch.float32).max, neginf=-math.inf)
+    if 0 < sampling.vocab_size < logits.size(-1):
+        logits[..., sampling.vocab_size:] = -math.inf  # padding ids: never drawn (nan_to_num made a fresh tensor)
     if seen is not None and sampling.repetition_penalty != 1.0:
         # shrink positive logits, push negative ones further down
         p = sampling.repetition_penalty

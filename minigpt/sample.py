@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -98,6 +99,7 @@ def sample(cfg: SampleConfig, rc: RuntimeConfig) -> list[str]:
     prompt = read_prompt(cfg.start)  # before the slow load: a bad prompt file is said at once
     loaded, rt = checkpoint.load_for_inference(cfg.model, rc, cfg.quantize)
     model, tok, device = loaded.model, loaded.tokenizer, rt.device
+    sampling = dataclasses.replace(sampling, vocab_size=tok.vocab_size)  # padded ids decode to nothing
     ids = tok.encode(prompt)
     if not ids:
         if tok.eot_id is not None:

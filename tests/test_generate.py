@@ -285,3 +285,13 @@ def test_non_ascii_characters_of_a_char_model_are_sampled_and_streamed(tmp_path,
     assert all(t.startswith("a\u00e9") and set(t[2:]) == {"\u00e9", "\u2014"} for t in texts)
     assert out.startswith(texts[0] + "\n---------------\n")  # the first sample, streamed as generated
     assert texts[1] in out
+
+
+def test_ids_past_the_sampling_vocabulary_are_never_drawn():
+    # a model padded past its tokenizer (50257 -> 50304) has logits for ids no tokenizer decodes
+    logits = torch.zeros(4, 10)
+    logits[:, 7:] = 50.0  # the padding ids are by far the likeliest
+    for sampling in (Sampling(temperature=1.0, vocab_size=7), Sampling(temperature=0.0, vocab_size=7)):
+        ids = sample_next(logits, sampling, generator=torch.Generator().manual_seed(0))
+        assert ids.max().item() < 7
+    assert sample_next(logits, Sampling(temperature=0.0)).min().item() >= 7  # without the limit they win
