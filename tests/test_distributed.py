@@ -109,21 +109,22 @@ from minigpt.model import GPT, GPTConfig
 from minigpt.optim import clip_and_step, param_groups
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-for fsdp in (False, True):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50))
-    step_model = wrap(model, World(rank, 2), fsdp, torch.device("cpu"))
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2)
-    x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(rank))
-    logits = step_model(x)
-    if rank == 1:  # one rank's gradient (before DDP's all-reduce; FSDP: its shard) is inf
-        logits.register_hook(lambda g: torch.full_like(g, float("inf")))
-    lm_loss(logits, x).backward()
-    before = [p.detach().clone() for p in model.parameters()]
-    stepped = clip_and_step(opt, torch.amp.GradScaler("cpu", enabled=False), model.parameters(), 1.0)
-    unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    with open(f"{sys.argv[1]}/fsdp{fsdp}_rank{rank}.txt", "w") as f:  # a file each: the ranks' stdout interleaves
-        f.write(f"fsdp={fsdp} rank={rank} stepped={stepped} unchanged={unchanged}")
+fsdp = sys.argv[2] == "fsdp"  # one wrapping per process: both in one process aborted at exit now and then (SIGABRT, "terminate called without an active exception")
+torch.manual_seed(0)
+model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+step_model = wrap(model, World(rank, 2), fsdp, torch.device("cpu"))
+opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2)
+x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(rank))
+logits = step_model(x)
+if rank == 1:  # one rank's gradient (before DDP's all-reduce; FSDP: its shard) is inf
+    logits.register_hook(lambda g: torch.full_like(g, float("inf")))
+lm_loss(logits, x).backward()
+before = [p.detach().clone() for p in model.parameters()]
+stepped = clip_and_step(opt, torch.amp.GradScaler("cpu", enabled=False), model.parameters(), 1.0)
+unchanged = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+with open(f"{sys.argv[1]}/fsdp{fsdp}_rank{rank}.txt", "w") as f:  # a file each: the ranks' stdout interleaves
+    f.write(f"fsdp={fsdp} rank={rank} stepped={stepped} unchanged={unchanged}")
+dist.barrier()  # neither rank tears the group down while the other still talks to it
 dist.destroy_process_group()
 """
 
@@ -133,6 +134,7 @@ def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_every_rank(tmp_path
     # DTensor, so every rank sees the inf and skips together, with no collective of its own
     script = tmp_path / "one_rank.py"
     script.write_text(NON_FINITE_ON_ONE_RANK)
-    run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path))
+    for mode in ("ddp", "fsdp"):
+        run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path), mode)
     lines = sorted(f.read_text() for f in tmp_path.glob("fsdp*_rank*.txt"))
     assert lines == [f"fsdp={f} rank={r} stepped=False unchanged=True" for f in (False, True) for r in (0, 1)]
