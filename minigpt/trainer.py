@@ -112,6 +112,8 @@ def check_settings(t: TrainConfig, world: distributed.World) -> int:
     if t.lr_schedule == "wsd" and not t.cooldown_iters <= t.lr_decay_iters - t.warmup_iters:
         raise UserError(f"cooldown_iters ({t.cooldown_iters}) must fit between warmup_iters ({t.warmup_iters}) and "
                         f"lr_decay_iters ({t.lr_decay_iters})")
+    if t.max_minutes and t.warmup_frac + t.cooldown_frac > 1:
+        raise UserError(f"warmup_frac ({t.warmup_frac}) and cooldown_frac ({t.cooldown_frac}) must add up to at most 1")
     if t.optimizer == "muon" and t.fsdp:
         raise UserError("--optimizer=muon orthogonalises whole matrices, which FSDP shards; train with DDP "
                         "(--fsdp=false) or with --optimizer=adamw")
@@ -498,11 +500,6 @@ class Budget:
     A step starts only if its estimated time (an average of recent steps) still fits."""
 
     def __init__(self, t: TrainConfig, state: TrainState, launched: float):
-        if t.max_minutes < 0:
-            raise UserError(f"max_minutes must be > 0 (a budget) or 0 (train max_iters steps), got {t.max_minutes}")
-        if not (0 <= t.warmup_frac and 0 <= t.cooldown_frac and t.warmup_frac + t.cooldown_frac <= 1):
-            raise UserError(f"warmup_frac ({t.warmup_frac}) and cooldown_frac ({t.cooldown_frac}) must be >= 0 "
-                            f"and add up to at most 1")
         self.t, self.state = t, state
         self.total = t.max_minutes * 60
         self.origin = launched - state.budget_spent  # the budget's zero on this process's clock

@@ -204,18 +204,23 @@ class Faults:
             m.setattr(os, name, lambda *a, _real=real, _name=name: faults(f"os.{_name}", _real, *a))
 
 
+def twenty_documents(tmp_path):
+    """A folder source of DOCS[:20], one file each, and its char tokenizer."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, d in enumerate(DOCS[:20]):
+        (src / f"{i:03d}.txt").write_text(d)
+    source = corpus.open_source(str(src))
+    return source, char_tokenizer(source)
+
+
 @pytest.mark.parametrize("mode, twice", [("before", False), ("after", False), ("before", True)])
 def test_an_interrupt_at_any_file_operation_resumes_to_the_same_dataset(tmp_path, monkeypatch, mode, twice):
     """Bug 1: Ctrl-C between a batch's train and val writes gave a resumed dataset with that batch twice, and
     one while a finished shard was hashed gave `ValueError: flush of closed file` and a folder no rerun would
     take. Interrupt at every file operation in turn (`twice`: and the rerun too, at one of its first
     operations, where it rolls the files back); the next run must give the uninterrupted run's files."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i, d in enumerate(DOCS[:20]):
-        (src / f"{i:03d}.txt").write_text(d)
-    source = corpus.open_source(str(src))
-    tok = char_tokenizer(source)
+    source, tok = twenty_documents(tmp_path)
     kw = dict(shard_size=800, val_fraction=0.3, batch_chars=1200)  # 5 train and 3 val shards, batches of both
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # durability is not what is tested; fsync is slow here
     count = Faults()
@@ -284,12 +289,7 @@ def test_resume_with_other_settings_and_prepared_folder_are_refused(tmp_path, gp
 def test_overwrite_removes_only_what_a_preparation_wrote(tmp_path, capsys):
     """Bug 3: --overwrite deleted every *.bin in --out (a user's my_model.bin too). It deletes the shards,
     meta.json, the progress record and their temporaries, leaves every other file alone and says so."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i, d in enumerate(DOCS[:20]):
-        (src / f"{i:03d}.txt").write_text(d)
-    source = corpus.open_source(str(src))
-    tok = char_tokenizer(source)
+    source, tok = twenty_documents(tmp_path)
     out = tmp_path / "ds"
     prepare_dataset(source, tok, out, shard_size=300)
     assert len(files(out)) > 10
