@@ -40,13 +40,13 @@ def plays_dataset(tmp: Path) -> Path:
     return out
 
 
-def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: str = "", pilot: bool = True) -> dict:
+def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: str = "", pilot: str = "auto") -> dict:
     """One row: plan `minutes` on `dataset`, train the planned config, evaluate it over the whole val split."""
-    name = f"{corpus}, {minutes:.3g} min" + ("" if pilot else ", --pilot=false")
+    name = f"{corpus}, {minutes:.3g} min" + ("" if pilot == "auto" else f", --pilot={pilot}")
     row = {"workload": "plan", "variant": name, "corpus": corpus, "budget": minutes * 60, "goal": goal}
     config, out = tmp / f"plan-{len(os.listdir(tmp))}.toml", tmp / f"out-{len(os.listdir(tmp))}"
     proc = subprocess.run([python(), "-m", "minigpt", "plan", str(dataset), f"--minutes={minutes}", f"--config={config}",
-                           f"--out_dir={out}", f"--pilot={str(pilot).lower()}"], capture_output=True, text=True,
+                           f"--out_dir={out}", f"--pilot={pilot}"], capture_output=True, text=True,
                           cwd=ROOT)
     if proc.returncode:
         return {**row, "notes": failed("minigpt plan", proc)}

@@ -1,6 +1,6 @@
 """Plan by the clock: the best model this machine can train on a dataset in N minutes, predicted before it starts.
 
-    python -m minigpt plan DATASET --minutes=M [--pilot=false] [--config=FILE.toml] [--out_dir=DIR]
+    python -m minigpt plan DATASET --minutes=M [--pilot=auto|true|false] [--config=FILE.toml] [--out_dir=DIR]
 
 1. Measure: a few real training steps of each candidate shape (`trainer.setup` + `train_step`, so the
    thread and dtype choice train.py makes; bf16 and fp32 where the CPU has bf16) give its tokens/s here.
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 import math
@@ -38,18 +39,22 @@ from .errors import UserError, run_cli
 # ---- the loss model -----------------------------------------------------------------------------------
 
 REPEAT_R_STAR = 15.4  # Muennighoff et al. 2023 (R_D*): epochs past the first are worth less and less
+# R* values a fit tries when its points repeat epochs: Muennighoff's 15.4 was fitted on billion-parameter
+# models; a few-million-parameter model on a 1M-token corpus starts to memorise after a couple of epochs
+R_STAR_GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, REPEAT_R_STAR)
 
 
-def effective_tokens(d: float, unique: float) -> float:
-    """Tokens seen, with epochs past the first discounted (a token seen again teaches less)."""
+def effective_tokens(d: float, unique: float, r_star: float = REPEAT_R_STAR) -> float:
+    """Tokens seen, with epochs past the first discounted (a token seen again teaches less): past `unique`
+    tokens, D' = U + U R* (1 - exp(-(D/U - 1) / R*)), which approaches U (1 + R*) however long the run."""
     if unique <= 0 or d <= unique:
         return d
-    return unique + unique * REPEAT_R_STAR * (1 - math.exp(-(d / unique - 1) / REPEAT_R_STAR))
+    return unique + unique * r_star * (1 - math.exp(-(d / unique - 1) / r_star))
 
 
 @dataclass(frozen=True)
 class LossModel:
-    """L(N, D) = E + A / N^alpha + B / D'^beta (Chinchilla's form, D' = effective_tokens(D, unique))."""
+    """L(N, D) = E + A / N^alpha + B / D'^beta (Chinchilla's form, D' = effective_tokens(D, unique, r_star))."""
 
     E: float
     A: float
@@ -57,13 +62,21 @@ class LossModel:
     B: float
     beta: float
     unique: float = 0.0  # train tokens of the dataset; 0: never repeated
+    r_star: float = REPEAT_R_STAR  # how fast repeated epochs lose their worth (effective_tokens)
 
     def predict(self, n: float, d: float) -> float:
-        return self.E + self.A / n ** self.alpha + self.B / effective_tokens(d, self.unique) ** self.beta
+        return self.E + self.A / n ** self.alpha + self.B / self.effective(d) ** self.beta
+
+    def effective(self, d: float) -> float:
+        return effective_tokens(d, self.unique, self.r_star)
+
+    def on(self, unique: float) -> "LossModel":
+        """The same fit for a dataset of `unique` train tokens."""
+        return dataclasses.replace(self, unique=unique)
 
     def describe(self) -> str:
         return (f"L = {self.E:.3f} + {self.A:.4g} / N^{self.alpha:.3f} + {self.B:.4g} / D'^{self.beta:.3f}"
-                + (f"  (D' discounts epochs past {self.unique:,.0f} tokens)" if self.unique else ""))
+                + (f"  (D' discounts epochs past {self.unique:,.0f} tokens, R* = {self.r_star:g})" if self.unique else ""))
 
 
 def _nnls3(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
@@ -85,12 +98,21 @@ def _nnls3(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def fit_loss_model(points: list[tuple[float, float, float]], unique: float = 0.0,
-                   exponents: tuple[float, float] | None = None, E: float | None = None) -> LossModel:
+                   exponents: tuple[float, float] | None = None, E: float | None = None,
+                   r_star: float | None = None) -> LossModel:
     """Least-squares fit of L(N, D) to (N, D, loss) points. For each (alpha, beta) the model is linear in
     (E, A, B) >= 0, solved exactly; (alpha, beta) are searched on a grid, then on a finer one around the best.
-    `exponents` fixes (alpha, beta), `E` fixes the floor: what points far from the floor can support."""
+    `exponents` fixes (alpha, beta), `E` fixes the floor: what points far from the floor can support. Where
+    points repeat epochs (D > unique), R* is fitted too, over R_STAR_GRID, unless `r_star` fixes it."""
+    repeats = unique > 0 and any(p[1] > unique for p in points)
+    r_stars = [r_star] if r_star is not None else (R_STAR_GRID if repeats else [REPEAT_R_STAR])
+    fits = [_fit_exponents(points, unique, r, exponents, E) for r in r_stars]
+    return min(fits, key=lambda f: f[0])[1]
+
+
+def _fit_exponents(points, unique, r_star, exponents, E) -> tuple[float, LossModel]:
     n = np.array([p[0] for p in points], float)
-    d = np.array([effective_tokens(p[1], unique) for p in points], float)
+    d = np.array([effective_tokens(p[1], unique, r_star) for p in points], float)
     y = np.array([p[2] for p in points], float) - (E or 0.0)
 
     def solve(alpha: float, beta: float) -> tuple[float, np.ndarray]:
@@ -109,8 +131,8 @@ def fit_loss_model(points: list[tuple[float, float, float]], unique: float = 0.0
     if exponents is None:
         fine = itertools.product(np.arange(alpha - 0.04, alpha + 0.04, 0.002), np.arange(beta - 0.04, beta + 0.04, 0.002))
         err, alpha, beta = min((solve(a, b)[0], a, b) for a, b in fine if a > 0 and b > 0)
-    _, (E, A, B) = solve(alpha, beta)
-    return LossModel(float(E), float(A), float(alpha), float(B), float(beta), unique)
+    err, (E_, A, B) = solve(alpha, beta)
+    return err, LossModel(float(E_), float(A), float(alpha), float(B), float(beta), unique, r_star)
 
 
 # Built-in fits of this module's recipe (RECIPE, the candidates' shapes) on the bundled corpora, from pilot
@@ -279,8 +301,8 @@ def val_loss(model, data, max_tokens: int = 0, rt=None) -> float:
 class PlanConfig:
     dataset: str = opt("", "the prepared dataset to plan for (a name under data/ or a path), given bare: plan DATASET")
     minutes: float = opt(0.0, "the budget: minutes from train.py's launch to its saved checkpoint")
-    pilot: bool = opt(True, "fit the loss model on this dataset with short pilot runs (at most pilot_share of the "
-                            "budget); false: the built-in fit of the bundled corpora")
+    pilot: str = opt("auto", "shift the loss model to this dataset with short pilot runs (at most pilot_share of the "
+                             "budget); auto: only where no built-in fit was made on this dataset", choices=("auto", "true", "false"))
     pilot_share: float = opt(0.15, "the most the pilots may take, as a share of the budget", range="[0, 1)")
     config: str = opt("", "the TOML file to write; default: plan-DATASET-Mmin.toml in the current folder")
     out_dir: str = opt("", "the planned run's out_dir; default: out-plan-DATASET-Mmin")
@@ -353,10 +375,14 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
 
     # the loss model: built in, later shifted to pilots of this dataset where the budget allows
     prior, made = BUILTIN[k]
-    model = LossModel(prior.E, prior.A, prior.alpha, prior.B, prior.beta, float(dataset.meta["train_tokens"]))
+    model = prior.on(float(dataset.meta["train_tokens"]))
     how = f"the built-in '{k}' fit ({made})"
-    if not bundled(dataset):
-        how += (", made on another corpus" + ("" if p.pilot else ": without pilots expect a larger error"))
+    own = bundled(dataset)
+    pilots = p.pilot == "true" or (p.pilot == "auto" and not own)
+    if not own:
+        how += (", made on another corpus" + ("" if pilots else ": without pilots expect a larger error"))
+    elif not pilots:
+        how += ", made on this dataset: no pilots needed, the whole budget trains"
 
     def train_seconds(s: Speed) -> float:
         """What the budget leaves for training steps: start-up (imports, and the slowest setup measured: the
@@ -395,7 +421,7 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
                         f"two evaluations and two steps take about {need:.1f} s; give a larger budget")
 
     # pilots, then predict and pick
-    if p.pilot:
+    if pilots:
         leader = min(speeds.values(), key=lambda s: predict(s).loss)
         smallest = speeds[shapes[0]]
         val_tokens = min(PILOT_VAL_TOKENS, len(dataset.splits["val"]) - 1)
@@ -441,7 +467,7 @@ def calibrate(model: LossModel, points: list[tuple]) -> tuple[LossModel, str]:
     residuals = [loss - model.predict(n, d) for n, d, loss in points]
     shift = sum(residuals) / len(residuals)
     spread = max(abs(r - shift) for r in residuals)
-    fitted = LossModel(model.E + shift, model.A, model.alpha, model.B, model.beta, model.unique)
+    fitted = dataclasses.replace(model, E=model.E + shift)
     return fitted, (f"E shifted by {shift:+.3f} to {len(points)} pilot runs here "
                     f"({', '.join(f'{n / 1e6:.2f}M params x {d / 1e6:.2f}M tokens: {l:.3f}' for n, d, l in points)}; "
                     f"largest miss after the shift {spread:.3f})")
@@ -508,7 +534,7 @@ def why(best: Row, rows: list[Row], model: LossModel) -> str:
     """One paragraph: what the winner trades, against the models just smaller and larger."""
     s = best.shape
     size_term = model.A / s.params ** model.alpha
-    data_term = model.B / effective_tokens(best.tokens, model.unique) ** model.beta
+    data_term = model.B / model.effective(best.tokens) ** model.beta
     smaller = [r for r in rows if r.shape.params < s.params]
     larger = [r for r in rows if r.shape.params > s.params]
     text = (f"{s.name()} wins: of its predicted {best.loss:.3f}, {size_term:.3f} is for its size and {data_term:.3f} "

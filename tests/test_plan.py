@@ -100,15 +100,17 @@ def test_bad_budgets_stop_with_one_line(char_dataset, tmp_path):
 TRUE = dict(E=1.2, A=40.0, alpha=0.35, B=250.0, beta=0.4)
 
 
-def synthetic(unique=0.0):
-    true = planner.LossModel(**TRUE, unique=unique)
+def synthetic(unique=0.0, r_star=planner.REPEAT_R_STAR):
+    true = planner.LossModel(**TRUE, unique=unique, r_star=r_star)
     return true, [(n, d, true.predict(n, d)) for n in (1e5, 4e5, 1.6e6, 6.4e6) for d in (2e5, 1e6, 5e6, 2.5e7)]
 
 
-@pytest.mark.parametrize("unique", [0.0, 2e6])
-def test_the_fit_recovers_known_parameters(unique):
-    true, points = synthetic(unique)
+@pytest.mark.parametrize("unique, r_star", [(0.0, planner.REPEAT_R_STAR), (2e6, planner.REPEAT_R_STAR), (2e6, 2.0)])
+def test_the_fit_recovers_known_parameters(unique, r_star):
+    true, points = synthetic(unique, r_star)
     fit = planner.fit_loss_model(points, unique=unique)
+    if unique:  # points past one epoch place R*, how fast repeats lose their worth
+        assert fit.r_star == r_star
     assert fit.alpha == pytest.approx(TRUE["alpha"], abs=0.005)
     assert fit.beta == pytest.approx(TRUE["beta"], abs=0.005)
     assert fit.E == pytest.approx(TRUE["E"], abs=0.02)
@@ -134,6 +136,7 @@ def test_repeated_epochs_count_less():
     assert planner.effective_tokens(5e5, u) == 5e5  # the first epoch counts in full
     assert u < planner.effective_tokens(3e6, u) < 3e6  # later ones less
     assert planner.effective_tokens(1e9, u) == pytest.approx(u * (1 + planner.REPEAT_R_STAR), rel=1e-3)  # a ceiling
+    assert planner.effective_tokens(1e9, u, r_star=2.0) == pytest.approx(3 * u, rel=1e-3)  # a lower one, sooner
 
 
 def test_calibration_shifts_the_level_only():
@@ -198,12 +201,25 @@ def test_plan_writes_a_config_that_trains_within_its_budget(char_dataset, tmp_pa
 
 def test_plan_picks_the_lowest_predicted_loss_and_pilots_shift_it(char_dataset, small_shapes, monkeypatch):
     monkeypatch.setattr(planner, "MIN_PILOT_TOKENS", 500)  # this dataset is tiny: pilots of a few steps
-    p = planner.PlanConfig(dataset=str(char_dataset), minutes=0.5, pilot=True, pilot_share=0.3)
+    p = planner.PlanConfig(dataset=str(char_dataset), minutes=0.5, pilot="true", pilot_share=0.3)
     result = planner.plan(p, RuntimeConfig(threads=1, dtype="float32"), say=lambda *a: None)
     assert result.best.loss == min(r.loss for r in result.rows)
     assert "pilot runs here" in result.how
     for r in result.rows:
         assert r.loss == pytest.approx(result.model.predict(r.shape.params, r.tokens))
+
+
+@pytest.mark.parametrize("own_fit, pilots", [(True, False), (False, True)])
+def test_auto_pilots_only_where_no_built_in_fit_was_made_on_the_dataset(char_dataset, small_shapes, monkeypatch,
+                                                                       own_fit, pilots):
+    monkeypatch.setattr(planner, "bundled", lambda dataset: own_fit)
+    ran = []
+    monkeypatch.setattr(planner, "run_pilots", lambda *a, **k: ran.append(1) or [])
+    p = planner.PlanConfig(dataset=str(char_dataset), minutes=0.5)
+    assert p.pilot == "auto"
+    result = planner.plan(p, RuntimeConfig(threads=1, dtype="float32"), say=lambda *a: None)
+    assert bool(ran) == pilots
+    assert ("no pilots needed" in result.how) == own_fit
 
 
 @pytest.mark.parametrize("args, message", [
