@@ -309,8 +309,8 @@ class PlanConfig:
 
 
 # The least a plan-time pilot trains on: shorter runs sit where the loss still falls steeply, and a shift
-# fitted there says little about the end of a full run (the built-in fits start at 250k tokens).
-MIN_PILOT_TOKENS = 150_000
+# fitted there says little about the end of a full run (the built-in fits start at 500k tokens).
+MIN_PILOT_TOKENS = 400_000
 STOP_MARGIN = 0.03  # predicted loss; measuring stops after two larger candidates lose by more
 PILOT_VAL_TOKENS = 32_768  # of the val split, spread evenly: close to the whole split's loss, in a fraction of the time
 
