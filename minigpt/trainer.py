@@ -27,7 +27,7 @@ from . import flops, params
 from .config import Config, TrainConfig, model_config, parse_cli, train_sections
 from .data import Batches, TokenDataset, resolve_dataset
 from .errors import UserError
-from .kernels import lm_loss
+from .kernels import compiled_lm_loss, lm_loss
 from .model import GPT, GPTConfig
 from .optim import clip_and_step, lr_at, lr_at_fraction, make_optimizer, set_lr
 from .tracking import Tracker, plot_losses
@@ -368,12 +368,13 @@ def train_step(run: Run, lr: float) -> tuple[torch.Tensor, bool]:
     skips the step and lowers the scale, as fp16 training expects now and then), not a failed step."""
     set_lr(run.optimizer, lr, lr / run.t.learning_rate if run.t.learning_rate else 0.0, run.t.muon_lr)
     loss_sum = torch.zeros((), device=run.rt.device)
+    loss_fn = compiled_lm_loss if run.rt.compile else lm_loss  # a compiling run fuses its loss too
     for micro in range(run.micro_steps):
         x, y = run.batches.get("train")
         x, y = x[run.rows].to(run.rt.device, non_blocking=True), y[run.rows].to(run.rt.device, non_blocking=True)
         with distributed.no_sync(run.step_model, micro == run.micro_steps - 1):
             with run.rt.autocast():
-                loss = lm_loss(run.step_model(x), y) / run.micro_steps
+                loss = loss_fn(run.step_model(x), y) / run.micro_steps
             run.scaler.scale(loss).backward()
         loss_sum += loss.detach()
     if distributed.any_flag(not torch.isfinite(loss_sum).item(), run.world, run.rt.device):

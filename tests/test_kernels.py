@@ -146,6 +146,27 @@ def test_targets_of_minus_100_are_ignored_in_both_paths(monkeypatch, path):
     assert (grad[~keep] == 0).all() and (grad[keep] != 0).any()
 
 
+def test_the_compiled_loss_equals_the_reference(monkeypatch):
+    # inductor's fused loss, as a compiled training step calls it (outside the model's graph), on bf16
+    # logits with ignored targets; lm_loss, the eager path, never calls the compiler
+    calls, real = [], kernels.compiled_cross_entropy
+    monkeypatch.setattr(kernels, "compiled_cross_entropy", lambda: calls.append(1) or real())
+    logits, targets = _ignored_case()
+    logits = logits.detach().bfloat16().requires_grad_()
+    lm_loss(logits, targets)
+    assert calls == []
+    loss = kernels.compiled_lm_loss(logits, targets)
+    assert calls == [1]
+    (grad,) = torch.autograd.grad(loss, logits)
+    keep = targets != -100
+    ref = F.cross_entropy(logits[keep].float(), targets[keep])
+    (ref_grad,) = torch.autograd.grad(ref, logits)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=0.0)  # fp32 sums in another order
+    torch.testing.assert_close(grad, ref_grad, rtol=2**-7, atol=1e-7)  # each side rounds its fp32 value once
+    assert (grad[~keep] == 0).all()
+
+
 def test_all_targets_ignored_is_nan_like_cross_entropy():
     logits = torch.randn(1, 3, 5)
     targets = torch.full((1, 3), -100)
