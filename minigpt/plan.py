@@ -137,18 +137,21 @@ def _fit_exponents(points, unique, r_star, exponents, E) -> tuple[float, LossMod
 
 # Built-in fits of this module's recipe (RECIPE, the candidates' shapes) on the bundled corpora, from pilot
 # runs: each a fresh run of a fixed number of steps (the same warmup and cooldown fractions), then its loss
-# over the whole val split. How they were made: docs/plan.md ("Built-in fits"). 'char': tinyshakespeare as
-# characters; 'bpe': the bundled plays (`shakespeare`) with the gpt2 tokenizer; either is the prior for
-# other datasets of its kind.
+# over the whole val split. How they were made: docs/plan.md ("Built-in fits"). One fit per family of
+# candidates (see FAMILIES): 'char-64' and 'char-256', tinyshakespeare as characters in windows of 64 and
+# 256; 'bpe-128', the bundled plays (`shakespeare`) with the gpt2 tokenizer. Each is the prior for other
+# datasets of its kind.
 BUILTIN: dict[str, tuple[LossModel, str]] = {
     # 8 runs of 0.39-4.7M params x 0.5-2.05M tokens (two of them configs/quality_cpu.toml's), rms miss 0.004;
     # E fixed at 1.1: runs this far from the floor cannot place it (docs/plan.md)
-    "char": (LossModel(E=1.1, A=1.6193, alpha=0.104, B=85490.0, beta=0.94),
-             "8 runs on tinyshakespeare characters, 0.4-4.7M params x 0.5-2M tokens"),
+    "char-64": (LossModel(E=1.1, A=1.6193, alpha=0.104, B=85490.0, beta=0.94),
+                "8 runs on tinyshakespeare characters, 0.4-4.7M params x 0.5-2M tokens"),
+    "char-256": (LossModel(E=1.1, A=1.6193, alpha=0.104, B=85490.0, beta=0.94),
+                 "8 runs on tinyshakespeare characters, 0.4-4.7M params x 0.5-2M tokens"),
     # 4 runs of 0.1-0.8M params x 0.5-1.5M tokens, rms miss 0.008; E fixed at 3.0; alpha ran to the grid's
     # end (1.5): at 0.5M tokens 2x128 and 4x128 tie. Weakly supported: docs/plan.md
-    "bpe": (LossModel(E=3.0, A=1.1894e7, alpha=1.5, B=646.21, beta=0.454),
-            "4 runs on the bundled plays with the gpt2 tokenizer, 0.1-0.8M params x 0.5-1.5M tokens"),
+    "bpe-128": (LossModel(E=3.0, A=1.1894e7, alpha=1.5, B=646.21, beta=0.454),
+                "4 runs on the bundled plays with the gpt2 tokenizer, 0.1-0.8M params x 0.5-1.5M tokens"),
 }
 
 
@@ -167,6 +170,7 @@ class Shape:
     n_embd: int
     block_size: int
     batch_size: int
+    family: str = ""  # the built-in fit that predicts it (BUILTIN)
 
     @property
     def n_head(self) -> int:
@@ -190,14 +194,20 @@ def kind(dataset: TokenDataset) -> str:
     return "char" if dataset.vocab_size <= 1024 else "bpe"
 
 
+# The candidates, by family: (context, rows a step, (layers, width) ...), 2,048 tokens a step in each.
+# Characters in windows of 64 x 32 rows (configs/quality_cpu.toml's) learn fastest at first; windows of
+# 256 x 8 start slower and pass them once a run sees a few million tokens (docs/plan.md), so both are weighed.
+FAMILIES: dict[str, tuple[int, int, tuple[tuple[int, int], ...]]] = {
+    "char-64": (64, 32, ((2, 128), (4, 128), (4, 192), (6, 192), (4, 256), (6, 256), (8, 256), (6, 384))),
+    "char-256": (256, 8, ((4, 192), (6, 192), (4, 256), (6, 256), (8, 256), (6, 384))),
+    "bpe-128": (128, 16, ((2, 64), (2, 128), (4, 128), (4, 192), (4, 256), (6, 256), (6, 384))),
+}
+
+
 def candidates(k: str) -> list[Shape]:
-    """The shapes a plan weighs, from a 2-layer baby model to one 10x its size; 2,048 tokens a step.
-    Characters: context 64 x 32 rows (configs/quality_cpu.toml's); BPE: context 128 x 16 rows."""
-    if k == "char":
-        return [Shape(l, c, 64, 32) for l, c in ((2, 128), (4, 128), (4, 192), (6, 192), (4, 256), (6, 256),
-                                                    (8, 256), (6, 384))]
-    return [Shape(l, c, 128, 16) for l, c in ((2, 64), (2, 128), (4, 128), (4, 192), (4, 256), (6, 256),
-                                                 (6, 384))]
+    """The shapes a plan weighs for a tokenizer kind, from a 2-layer baby model to one 10x its size."""
+    return [Shape(l, c, ctx, rows, family) for family, (ctx, rows, sizes) in FAMILIES.items()
+            if family.startswith(k + "-") for l, c in sizes]
 
 
 def bundled(dataset: TokenDataset) -> bool:
@@ -363,20 +373,20 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
     dtypes = _dtypes(rc, device)
     k = kind(dataset)
     shortest = min(len(s) for s in dataset.splits.values()) - 1
-    shapes = candidates(k)
-    if shortest < shapes[0].block_size:  # a tiny dataset: a context it can hold
+    shapes = [s for s in candidates(k) if s.block_size <= shortest]
+    if not shapes:  # a tiny dataset: the shortest context's family, in a context it can hold
         if shortest < 8:
             raise UserError(f"dataset {path} has a split of {shortest + 1} tokens, too few to train on; prepare more text")
-        shapes = [Shape(s.n_layer, s.n_embd, shortest, s.batch_size) for s in shapes]
+        least = min(s.block_size for s in candidates(k))
+        shapes = [dataclasses.replace(s, block_size=shortest) for s in candidates(k) if s.block_size == least]
     if import_s is None:
         import_s = import_seconds()
     say(f"planning {p.minutes:g} minutes on {path} ({dataset.meta['train_tokens']:,} train tokens, "
         f"vocabulary {dataset.vocab_size:,}); {device}, {threads} threads ({why})")
 
-    # the loss model: built in, later shifted to pilots of this dataset where the budget allows
-    prior, made = BUILTIN[k]
-    model = prior.on(float(dataset.meta["train_tokens"]))
-    how = f"the built-in '{k}' fit ({made})"
+    # the loss model of each family: built in, later shifted to pilots of this dataset where the budget allows
+    models = {f: BUILTIN[f][0].on(float(dataset.meta["train_tokens"])) for f in {s.family for s in shapes}}
+    how = " and ".join(f"the built-in '{f}' fit ({BUILTIN[f][1]})" for f in sorted(models))
     own = bundled(dataset)
     pilots = p.pilot == "true" or (p.pilot == "auto" and not own)
     if not own:
@@ -392,7 +402,7 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
 
     def predict(s: Speed) -> Row:
         tokens = max(0.0, train_seconds(s) * s.tokens_per_s)
-        return Row(s, tokens, model.predict(s.shape.params, tokens) if tokens else math.inf)
+        return Row(s, tokens, models[s.shape.family].predict(s.shape.params, tokens) if tokens else math.inf)
 
     # the speed of the candidates, smallest first, each in its faster precision (once bf16 wins, the wider
     # ones take it too); past the best prediction larger ones only get slower, so measuring stops after two
@@ -428,13 +438,14 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
         points = run_pilots(str(path), leader, smallest, p.pilot_share * budget, threads, str(device), val_tokens,
                             say)
         if points:
-            model, note = calibrate(model, points)  # one shift for all: the ranking stays
+            models, note = calibrate(models, points)  # one shift for all: the ranking stays
             how = f"{how}; {note}"
         else:
             how = f"{how}; no pilots: {p.pilot_share:.0%} of the budget is too short for a useful one"
 
     rows = sorted((predict(s) for s in speeds.values()), key=lambda r: r.loss)
     best = rows[0]
+    model = models[best.shape.family]
     return Plan(best, rows, model, how, render_config(p, path, best, rows, model, how, threads, str(device)))
 
 
@@ -442,7 +453,7 @@ def run_pilots(dataset: str, leader: Speed, smallest: Speed, seconds: float, thr
                val_tokens: int, say) -> list[tuple]:
     """Short runs of the recipe on this dataset within `seconds`: the leading candidate and the smallest at
     D and 3D tokens each, else the leader alone, else the smallest alone, else none where D would fall below
-    MIN_PILOT_TOKENS. Returns (N, D, loss) points, the loss over `val_tokens` of the val split."""
+    MIN_PILOT_TOKENS. Returns (shape, D, loss) points, the loss over `val_tokens` of the val split."""
     options = [[leader, smallest], [leader], [smallest]] if leader is not smallest else [[leader]]
     for chosen in options:
         overhead = sum(2 * (s.setup_s + s.eval_s + val_tokens / (3 * s.tokens_per_s)) for s in chosen)
@@ -455,22 +466,22 @@ def run_pilots(dataset: str, leader: Speed, smallest: Speed, seconds: float, thr
     points = []
     t0 = time.time()
     for s, tokens in tqdm(runs, desc="pilots", unit="run"):
-        points.append(pilot(dataset, s.shape, tokens, s.dtype, threads, val_tokens=val_tokens,
-                            device=device))
+        _, d, loss = pilot(dataset, s.shape, tokens, s.dtype, threads, val_tokens=val_tokens, device=device)
+        points.append((s.shape, d, loss))
     say(f"pilots: {len(points)} runs in {time.time() - t0:.1f} s (allowed {seconds:.1f} s)")
     return points
 
 
-def calibrate(model: LossModel, points: list[tuple]) -> tuple[LossModel, str]:
-    """Shift E so the model meets the pilots on average: a handful of short runs pin the level of this
-    dataset's loss, not the exponents (those stay the built-in fit's)."""
-    residuals = [loss - model.predict(n, d) for n, d, loss in points]
+def calibrate(models: dict[str, LossModel], points: list[tuple[Shape, float, float]]) -> tuple[dict[str, LossModel], str]:
+    """Shift every family's E alike so the models meet the pilots on average: a handful of short runs pin the
+    level of this dataset's loss, not the exponents (those stay the built-in fits')."""
+    residuals = [loss - models[shape.family].predict(shape.params, d) for shape, d, loss in points]
     shift = sum(residuals) / len(residuals)
     spread = max(abs(r - shift) for r in residuals)
-    fitted = dataclasses.replace(model, E=model.E + shift)
-    return fitted, (f"E shifted by {shift:+.3f} to {len(points)} pilot runs here "
-                    f"({', '.join(f'{n / 1e6:.2f}M params x {d / 1e6:.2f}M tokens: {l:.3f}' for n, d, l in points)}; "
-                    f"largest miss after the shift {spread:.3f})")
+    shifted = {f: dataclasses.replace(m, E=m.E + shift) for f, m in models.items()}
+    return shifted, (f"E shifted by {shift:+.3f} to {len(points)} pilot runs here "
+                     f"({', '.join(f'{s.name()} ctx {s.block_size} x {d / 1e6:.2f}M tokens: {l:.3f}' for s, d, l in points)}; "
+                     f"largest miss after the shift {spread:.3f})")
 
 
 def render_config(p: PlanConfig, path: Path, best: Row, rows: list[Row], model: LossModel, how: str,

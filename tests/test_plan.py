@@ -139,12 +139,17 @@ def test_repeated_epochs_count_less():
     assert planner.effective_tokens(1e9, u, r_star=2.0) == pytest.approx(3 * u, rel=1e-3)  # a lower one, sooner
 
 
-def test_calibration_shifts_the_level_only():
+def test_calibration_shifts_the_level_of_every_family_alike():
     true, points = synthetic()
+    width = {n: int((n / 12) ** 0.5) for n in {p[0] for p in points}}  # a one-layer shape of about n parameters
+    shapes = {n: planner.Shape(1, w, 64, 32, "char-64") for n, w in width.items()}
     off = planner.LossModel(**{**TRUE, "E": 1.0})
-    fitted, note = planner.calibrate(off, points)
-    assert fitted.E == pytest.approx(TRUE["E"])
-    assert (fitted.A, fitted.alpha, fitted.B, fitted.beta) == (off.A, off.alpha, off.B, off.beta)
+    other = planner.LossModel(**{**TRUE, "E": 0.5, "A": 1.0})
+    pilots = [(shapes[n], d, true.predict(shapes[n].params, d)) for n, d, _ in points]
+    fitted, note = planner.calibrate({"char-64": off, "char-256": other}, pilots)
+    assert fitted["char-64"].E == pytest.approx(TRUE["E"])
+    assert fitted["char-256"].E == pytest.approx(0.7)  # the same shift, though no pilot ran in its family
+    assert (fitted["char-64"].A, fitted["char-64"].alpha, fitted["char-64"].B) == (off.A, off.alpha, off.B)
     assert "+0.200" in note
 
 
@@ -177,7 +182,8 @@ def test_auto_precision_times_bf16_only_where_the_cpu_has_it(monkeypatch):
 def small_shapes(monkeypatch):
     """Candidates that train in seconds: the tiny preset's size and two steps up. The plan's start-up
     estimate is a fresh process's imports; the trainings here run in this process, which has them."""
-    shapes = [planner.Shape(1, 16, 32, 4), planner.Shape(2, 32, 32, 4), planner.Shape(2, 64, 32, 4)]
+    shapes = [planner.Shape(1, 16, 32, 4, "char-64"), planner.Shape(2, 32, 32, 4, "char-64"),
+              planner.Shape(2, 64, 32, 4, "char-256")]
     monkeypatch.setattr(planner, "candidates", lambda kind: list(shapes))
     monkeypatch.setattr(planner, "import_seconds", lambda: 0.0)
     return shapes
