@@ -167,6 +167,23 @@ def test_the_compiled_loss_equals_the_reference(monkeypatch):
     assert (grad[~keep] == 0).all()
 
 
+@pytest.mark.skipif(not _native_bf16(), reason="no native bf16 on this CPU: emulated bf16 is ~100x slower")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_bf16_step_loss_equals_the_fp32_loss_within_bf16_rounding(seed):
+    # the training step's forward under bf16 autocast (the fast paths: flash attention, the blockwise loss
+    # on bf16 logits) against the same weights and batch in fp32: the products round their inputs to bf16
+    # (2^-9 relative), and the loss may differ from fp32's by at most one bf16 step of its value
+    torch.manual_seed(seed)
+    model = GPT(CFG)
+    x, y = torch.randint(0, CFG.vocab_size, (2, 2, CFG.block_size))
+    ref = lm_loss(model(x), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+        loss = lm_loss(logits, y)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=2**-8, atol=0.0)
+
+
 def test_all_targets_ignored_is_nan_like_cross_entropy():
     logits = torch.randn(1, 3, 5)
     targets = torch.full((1, 3), -100)
