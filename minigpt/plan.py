@@ -41,7 +41,7 @@ from .errors import UserError, run_cli
 REPEAT_R_STAR = 15.4  # Muennighoff et al. 2023 (R_D*): epochs past the first are worth less and less
 # R* values a fit tries when its points repeat epochs: Muennighoff's 15.4 was fitted on billion-parameter
 # models; a few-million-parameter model on a 1M-token corpus starts to memorise after a couple of epochs
-R_STAR_GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, REPEAT_R_STAR)
+R_STAR_GRID = (0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 11.0, REPEAT_R_STAR)
 
 
 def effective_tokens(d: float, unique: float, r_star: float = REPEAT_R_STAR) -> float:
@@ -142,16 +142,18 @@ def _fit_exponents(points, unique, r_star, exponents, E) -> tuple[float, LossMod
 # 256; 'bpe-128', the bundled plays (`shakespeare`) with the gpt2 tokenizer. Each is the prior for other
 # datasets of its kind.
 BUILTIN: dict[str, tuple[LossModel, str]] = {
-    # 8 runs of 0.39-4.7M params x 0.5-2.05M tokens (two of them configs/quality_cpu.toml's), rms miss 0.004;
-    # E fixed at 1.1: runs this far from the floor cannot place it (docs/plan.md)
-    "char-64": (LossModel(E=1.1, A=1.6193, alpha=0.104, B=85490.0, beta=0.94),
-                "8 runs on tinyshakespeare characters, 0.4-4.7M params x 0.5-2M tokens"),
-    "char-256": (LossModel(E=1.1, A=1.6193, alpha=0.104, B=85490.0, beta=0.94),
-                 "8 runs on tinyshakespeare characters, 0.4-4.7M params x 0.5-2M tokens"),
-    # 4 runs of 0.1-0.8M params x 0.5-1.5M tokens, rms miss 0.008; E fixed at 3.0; alpha ran to the grid's
-    # end (1.5): at 0.5M tokens 2x128 and 4x128 tie. Weakly supported: docs/plan.md
-    "bpe-128": (LossModel(E=3.0, A=1.1894e7, alpha=1.5, B=646.21, beta=0.454),
-                "4 runs on the bundled plays with the gpt2 tokenizer, 0.1-0.8M params x 0.5-1.5M tokens"),
+    # 12 runs of 0.39-2.7M params x 0.5-5.1M tokens (two of them configs/quality_cpu.toml's, four of them
+    # planned 1-10 minute runs), rms miss 0.008; E fixed at 1.1: runs this far from the floor cannot place it,
+    # and E from 1.0 to 1.2 predicts within 0.006 of it up to 8M tokens (docs/plan.md)
+    "char-64": (LossModel(E=1.1, A=2.0830, alpha=0.174, B=484.71, beta=0.514, r_star=2.0),
+                "12 runs on tinyshakespeare characters, 0.4-2.7M params x 0.5-5.1M tokens"),
+    # 6 runs of 0.39-3.1M params x 1.5-8.5M tokens, rms miss 0.007; E fixed at 1.1 as above
+    "char-256": (LossModel(E=1.1, A=38418.8, alpha=0.98, B=16984.1, beta=0.732, r_star=1.5),
+                 "6 runs on tinyshakespeare characters, 0.4-3.1M params x 1.5-8.5M tokens"),
+    # 5 runs of 0.1-0.8M params x 0.5-4M tokens, rms miss 0.007; E fixed at 3.0; alpha ran to the grid's
+    # end (1.5): at 0.5M tokens 2x128 and 4x128 tie, so size buys little past 0.4M parameters (docs/plan.md)
+    "bpe-128": (LossModel(E=3.0, A=1.18285e7, alpha=1.5, B=699.57, beta=0.46, r_star=0.35),
+                "5 runs on the bundled plays with the gpt2 tokenizer, 0.1-0.8M params x 0.5-4M tokens"),
 }
 
 
