@@ -353,9 +353,10 @@ def _dtypes(rc: RuntimeConfig, device) -> list[str]:
 class Plan:
     best: Row
     rows: list[Row]  # every candidate, best first
-    model: LossModel
+    model: LossModel  # the winner's family's
     how: str  # where the loss model came from
     text: str  # the TOML config
+    models: dict[str, LossModel]  # each family's, as used
 
 
 def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say=print) -> Plan:
@@ -448,7 +449,7 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
     rows = sorted((predict(s) for s in speeds.values()), key=lambda r: r.loss)
     best = rows[0]
     model = models[best.shape.family]
-    return Plan(best, rows, model, how, render_config(p, path, best, rows, model, how, threads, str(device)))
+    return Plan(best, rows, model, how, render_config(p, path, best, rows, model, how, threads, str(device)), models)
 
 
 def run_pilots(dataset: str, leader: Speed, smallest: Speed, seconds: float, threads: int, device: str,

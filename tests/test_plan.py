@@ -212,7 +212,7 @@ def test_plan_picks_the_lowest_predicted_loss_and_pilots_shift_it(char_dataset, 
     assert result.best.loss == min(r.loss for r in result.rows)
     assert "pilot runs here" in result.how
     for r in result.rows:
-        assert r.loss == pytest.approx(result.model.predict(r.shape.params, r.tokens))
+        assert r.loss == pytest.approx(result.models[r.shape.family].predict(r.shape.params, r.tokens))
 
 
 @pytest.mark.parametrize("own_fit, pilots", [(True, False), (False, True)])
