@@ -136,7 +136,7 @@ def test_repeated_epochs_count_less():
     assert planner.effective_tokens(5e5, u) == 5e5  # the first epoch counts in full
     assert u < planner.effective_tokens(3e6, u) < 3e6  # later ones less
     assert planner.effective_tokens(1e9, u) == pytest.approx(u * (1 + planner.REPEAT_R_STAR), rel=1e-3)  # a ceiling
-    assert planner.effective_tokens(1e9, u, r_star=2.0) == pytest.approx(3 * u, rel=1e-3)  # a lower one, sooner
+    assert planner.effective_tokens(1e9, u, r_star=2.0) == pytest.approx(3 * u, rel=1e-12)  # a lower one, sooner
 
 
 def test_calibration_shifts_the_level_of_every_family_alike():
