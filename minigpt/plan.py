@@ -358,10 +358,14 @@ def _dtypes(rc: RuntimeConfig, device) -> list[str]:
 class Plan:
     best: Row
     rows: list[Row]  # every candidate, best first
-    model: LossModel  # the winner's family's
-    how: str  # where the loss model came from
-    text: str  # the TOML config
     models: dict[str, LossModel]  # each family's, as used
+    how: str  # where the loss models came from
+    text: str  # the TOML config
+
+    @property
+    def model(self) -> LossModel:
+        """The winner's family's."""
+        return self.models[self.best.shape.family]
 
 
 def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say=print) -> Plan:
@@ -453,8 +457,8 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
 
     rows = sorted((predict(s) for s in speeds.values()), key=lambda r: r.loss)
     best = rows[0]
-    model = models[best.shape.family]
-    return Plan(best, rows, model, how, render_config(p, path, best, rows, model, how, threads, str(device)), models)
+    return Plan(best, rows, models, how,
+                render_config(p, path, best, rows, models[best.shape.family], how, threads, str(device)))
 
 
 def run_pilots(dataset: str, leader: Speed, smallest: Speed, seconds: float, threads: int, device: str,
