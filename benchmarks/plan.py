@@ -8,11 +8,15 @@ characters also the wall of configs/baby.toml (run first, in this run) and 10 mi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
 import tomllib
 from pathlib import Path
+
+from minigpt import checkpoint
+from minigpt.plan import LossModel, Shape
 
 from .common import ROOT, failed, python, run_timed
 from .speedrun_cpu import full_val_loss, speedrun_dataset, tinyshakespeare_input
@@ -40,6 +44,17 @@ def plays_dataset(tmp: Path) -> Path:
     return out
 
 
+def planned(header: str) -> tuple[LossModel, int]:
+    """The loss model and the steps a planned config's header states."""
+    num = r"([0-9.e+-]+)"
+    m = re.search(rf"L = {num} \+ {num} / N\^{num} \+ {num} / D'\^{num}(?:  \(D' discounts epochs past ([0-9,]+) "
+                  rf"tokens, R\* = {num}\))?", header)
+    E, A, alpha, B, beta = map(float, m.groups()[:5])
+    unique, r_star = (float(m[6].replace(",", "")), float(m[7])) if m[6] else (0.0, LossModel.r_star)
+    steps = int(re.search(r"~([0-9,]+) steps", header)[1].replace(",", ""))
+    return LossModel(E, A, alpha, B, beta, unique, r_star), steps
+
+
 def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: str = "", pilot: str = "auto") -> dict:
     """One row: plan `minutes` on `dataset`, train the planned config, evaluate it over the whole val split."""
     name = f"{corpus}, {minutes:.3g} min" + ("" if pilot == "auto" else f", --pilot={pilot}")
@@ -58,23 +73,33 @@ def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: 
         return {**row, "notes": failed("train.py", proc)}
     wall = (out / "ckpt.pt").stat().st_mtime - launched  # launch to checkpoint: the budget's end
     loss = full_val_loss(out)
+    # the miss in two parts: the steps the run made against the plan's (the machine's speed), and the loss
+    # model's own miss at the tokens the run saw
+    model, steps_planned = planned(config.read_text())
+    steps = checkpoint.load(out / "ckpt.pt")["iter_num"]
+    params = Shape(planned["n_layer"], planned["n_embd"], planned["block_size"], planned["batch_size"]).params
+    at_steps = model.predict(params, steps * planned["batch_size"] * planned["block_size"])
     shape = f"{planned['n_layer']}x{planned['n_embd']}, {planned['n_head']} heads, ctx {planned['block_size']}"
     return {**row, "wall": wall, "loss": loss, "predicted": predicted, "shape": shape, "dtype": planned["dtype"],
+            "steps": steps, "steps_planned": steps_planned, "at_steps": at_steps,
             "notes": f"{shape} {planned['dtype']}: predicted {predicted:.3f}, full-val {loss:.4f} "
-                     f"({loss - predicted:+.3f}); launch to checkpoint {wall:.1f}s of {minutes * 60:.0f}s "
-                     f"({wall / (minutes * 60):.1%}), to exit {exit_wall:.1f}s"}
+                     f"({loss - predicted:+.3f}); {steps:,} steps of ~{steps_planned:,} planned, predicted at "
+                     f"{steps:,} steps {at_steps:.3f} ({loss - at_steps:+.3f}); launch to checkpoint {wall:.1f}s of "
+                     f"{minutes * 60:.0f}s ({wall / (minutes * 60):.1%}), to exit {exit_wall:.1f}s"}
 
 
 def docs_table(rows: list[dict]) -> str:
     """The rows as docs/plan.md's table."""
-    out = ["| corpus | budget | chosen | predicted | achieved full-val | error | launch to checkpoint |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| corpus | budget | chosen | predicted | achieved full-val | error | steps (planned) | "
+           "predicted at those steps | launch to checkpoint |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "loss" not in r:
             continue
         goal = r["goal"]
         out.append(f"| {r['corpus']} | {r['budget']:.0f} s | {r['shape']} {r['dtype']} | {r['predicted']:.3f} | "
                    f"{r['loss']:.4f}{f' ({goal})' if goal else ''} | {r['loss'] - r['predicted']:+.3f} | "
+                   f"{r['steps']:,} ({r['steps_planned']:,}) | {r['at_steps']:.3f} ({r['loss'] - r['at_steps']:+.3f}) | "
                    f"{r['wall']:.1f} s ({r['wall'] / r['budget']:.1%}) |")
     return "\n".join(out)
 

@@ -5,10 +5,12 @@ import os
 import signal
 import threading
 import time
+import tomllib
 
 import pytest
 import torch
 
+from benchmarks.plan import planned
 from minigpt import plan as planner
 from minigpt.config import RuntimeConfig, build_config, train_sections
 from minigpt.errors import UserError, run_cli
@@ -199,6 +201,13 @@ def test_plan_writes_a_config_that_trains_within_its_budget(char_dataset, tmp_pa
     assert "pred. loss" in shown and "<- planned" in shown and "wins" in shown
     text = target.read_text()
     assert text.startswith("# Planned by") and "# Prediction: full-val loss" in text
+    # the bench reads the loss model and the steps back from the header: they give the header's prediction
+    # (to the digits the header prints: 3-4 per coefficient, a few thousandths of loss)
+    model, steps = planned(text)
+    cfg = tomllib.loads(text)
+    predicted = float(text.split("full-val loss ", 1)[1].split()[0])
+    shape = planner.Shape(cfg["n_layer"], cfg["n_embd"], cfg["block_size"], cfg["batch_size"])
+    assert model.predict(shape.params, steps * cfg["batch_size"] * cfg["block_size"]) == pytest.approx(predicted, abs=0.01)
     launched = time.time()
     train(build_config(train_sections(), target), launched=launched)
     wall = (out / "ckpt.pt").stat().st_mtime - launched
