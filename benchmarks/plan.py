@@ -44,7 +44,7 @@ def plays_dataset(tmp: Path) -> Path:
     return out
 
 
-def planned(header: str) -> tuple[LossModel, int]:
+def plan_header(header: str) -> tuple[LossModel, int]:
     """The loss model and the steps a planned config's header states."""
     num = r"([0-9.e+-]+)"
     m = re.search(rf"L = {num} \+ {num} / N\^{num} \+ {num} / D'\^{num}(?:  \(D' discounts epochs past ([0-9,]+) "
@@ -75,7 +75,7 @@ def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: 
     loss = full_val_loss(out)
     # the miss in two parts: the steps the run made against the plan's (the machine's speed), and the loss
     # model's own miss at the tokens the run saw
-    model, steps_planned = planned(config.read_text())
+    model, steps_planned = plan_header(config.read_text())
     steps = checkpoint.load(out / "ckpt.pt")["iter_num"]
     params = Shape(planned["n_layer"], planned["n_embd"], planned["block_size"], planned["batch_size"]).params
     at_steps = model.predict(params, steps * planned["batch_size"] * planned["block_size"])

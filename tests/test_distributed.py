@@ -103,7 +103,7 @@ def test_accumulation_that_cannot_be_split_is_refused(single):
 
 NON_FINITE_ON_ONE_RANK = """
 import sys, torch, torch.distributed as dist
-from minigpt.distributed import wrap, World
+from minigpt.distributed import exit_process, wrap, World
 from minigpt.kernels import lm_loss
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import clip_and_step, param_groups
@@ -126,6 +126,7 @@ with open(f"{sys.argv[1]}/fsdp{fsdp}_rank{rank}.txt", "w") as f:  # a file each:
     f.write(f"fsdp={fsdp} rank={rank} stepped={stepped} unchanged={unchanged}")
 dist.barrier()  # neither rank tears the group down while the other still talks to it
 dist.destroy_process_group()
+exit_process()  # as train.py's workers end: gloo's teardown at finalization aborted a DDP worker now and then
 """
 
 

@@ -10,7 +10,7 @@ import tomllib
 import pytest
 import torch
 
-from benchmarks.plan import planned
+from benchmarks.plan import plan_header
 from minigpt import plan as planner
 from minigpt.config import RuntimeConfig, build_config, train_sections
 from minigpt.errors import UserError, run_cli
@@ -203,7 +203,7 @@ def test_plan_writes_a_config_that_trains_within_its_budget(char_dataset, tmp_pa
     assert text.startswith("# Planned by") and "# Prediction: full-val loss" in text
     # the bench reads the loss model and the steps back from the header: they give the header's prediction
     # (to the digits the header prints: 3-4 per coefficient, a few thousandths of loss)
-    model, steps = planned(text)
+    model, steps = plan_header(text)
     cfg = tomllib.loads(text)
     predicted = float(text.split("full-val loss ", 1)[1].split()[0])
     shape = planner.Shape(cfg["n_layer"], cfg["n_embd"], cfg["block_size"], cfg["batch_size"])
