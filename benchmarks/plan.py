@@ -8,7 +8,6 @@ characters also the wall of configs/baby.toml (run first, in this run) and 10 mi
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -44,15 +43,12 @@ def plays_dataset(tmp: Path) -> Path:
     return out
 
 
-def plan_header(header: str) -> tuple[LossModel, int]:
-    """The loss model and the steps a planned config's header states."""
-    num = r"([0-9.e+-]+)"
-    m = re.search(rf"L = {num} \+ {num} / N\^{num} \+ {num} / D'\^{num}(?:  \(D' discounts epochs past ([0-9,]+) "
-                  rf"tokens, R\* = {num}\))?", header)
-    E, A, alpha, B, beta = map(float, m.groups()[:5])
-    unique, r_star = (float(m[6].replace(",", "")), float(m[7])) if m[6] else (0.0, LossModel.r_star)
-    steps = int(re.search(r"~([0-9,]+) steps", header)[1].replace(",", ""))
-    return LossModel(E, A, alpha, B, beta, unique, r_star), steps
+def plan_header(header: str) -> tuple[LossModel, float]:
+    """The loss model and the tokens a planned config's header states (its "# Exact:" line)."""
+    line = next(l for l in header.splitlines() if l.startswith("# Exact: "))
+    values = dict(kv.split("=") for kv in line.removeprefix("# Exact: ").split())
+    tokens = float(values.pop("tokens"))
+    return LossModel(**{k: float(v) for k, v in values.items()}), tokens
 
 
 def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: str = "", pilot: str = "auto") -> dict:
@@ -75,7 +71,8 @@ def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: 
     loss = full_val_loss(out)
     # the miss in two parts: the steps the run made against the plan's (the machine's speed), and the loss
     # model's own miss at the tokens the run saw
-    model, steps_planned = plan_header(config.read_text())
+    model, tokens_planned = plan_header(config.read_text())
+    steps_planned = round(tokens_planned / (planned["batch_size"] * planned["block_size"]))
     steps = checkpoint.load(out / "ckpt.pt")["iter_num"]
     params = Shape(planned["n_layer"], planned["n_embd"], planned["block_size"], planned["batch_size"]).params
     at_steps = model.predict(params, steps * planned["batch_size"] * planned["block_size"])

@@ -511,6 +511,7 @@ def render_config(p: PlanConfig, path: Path, best: Row, rows: list[Row], model: 
         f"# parameters) at {best.speed.tokens_per_s:,.0f} tokens/s measured: about {best.tokens / 1e6:.2f}M tokens "
         f"({best.tokens / s.params:.1f} per parameter, ~{steps:,.0f} steps) in the budget.",
         f"# Loss model: {model.describe()}",
+        f"# Exact: tokens={best.tokens!r} " + " ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(model).items()),
         f"# from {how}.",
         "# Runner-up: " + ", ".join(f"{r.shape.label()} {r.loss:.3f}" for r in rows[1:4]) + ".",
         f"# Train:  python train.py {p.config or default_config_path(p, path)}",
