@@ -121,17 +121,23 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32,
                   eps: float = 1e-7) -> torch.Tensor:
     """Newton-Schulz iteration towards U V^T for each matrix of `g` ((..., rows, cols), batched), i.e.
-    the update with its singular values pushed to ~1. Runs in `dtype`, returns g's dtype."""
+    the update with its singular values pushed to ~1. Runs in `dtype`, returns g's dtype.
+
+    Each step is X <- a X + (b A + c A A) X with A = X X^T, written as two fused multiply-adds (baddbmm):
+    the scalings and sums ride inside the products instead of four more passes over the matrices."""
     a, b, c = NS_COEFFICIENTS
     x = g.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide side: X X^T is then the smaller Gram matrix
         x = x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm = 1
+    batch = x.shape[:-2]
+    x = x.reshape(-1, *x.shape[-2:])  # (n, rows, cols): baddbmm takes one batch dimension
     for _ in range(steps):
-        gram = x @ x.mT
-        poly = b * gram + c * (gram @ gram)
-        x = a * x + poly @ x
+        gram = x @ x.mT  # A
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A A
+        x = torch.baddbmm(x, poly, x, beta=a)  # a X + poly X
+    x = x.reshape(*batch, *x.shape[-2:])
     return (x.mT if tall else x).to(g.dtype)
 
 
@@ -162,8 +168,8 @@ class MuonAdamW(_PlainMethods, torch.optim.Optimizer):
 
     Muon (Jordan et al. 2024): SGD momentum with Nesterov's look-ahead, the update orthogonalised by
     Newton-Schulz and scaled by sqrt(max(1, rows / cols)) (torch.optim.Muon's default), decoupled weight
-    decay. Matrices of the same shape are orthogonalised together as one batch (a 12-layer model makes 4
-    batched iterations per step, not 48). The iteration runs in `ns_dtype`: bf16 only where it is native.
+    decay. Matrices of the same shape, once laid wide, are orthogonalised together as one batch (a 12-layer
+    model makes 3 batched iterations per step, not 48). The iteration runs in `ns_dtype`: bf16 only where it is native.
     """
 
     def __init__(self, groups: list[dict], *, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
@@ -196,13 +202,14 @@ class MuonAdamW(_PlainMethods, torch.optim.Optimizer):
               weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
     def _muon(self, group: dict, params: list[torch.Tensor]) -> None:
+        # matrices that are the same once laid wide (a block's c_fc (4C, C) and MLP c_proj (C, 4C)) make one batch
         by_shape: dict[tuple, list[torch.Tensor]] = {}
         for p in params:
             if p.dim() != 2:
                 raise ValueError(f"Muon trains matrices only, got a parameter of shape {tuple(p.shape)}")
-            by_shape.setdefault(tuple(p.shape), []).append(p)
+            by_shape.setdefault((min(p.shape), max(p.shape)), []).append(p)
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-        for shape, ps in by_shape.items():
+        for ps in by_shape.values():
             bufs = []
             for p in ps:
                 if not self.state[p]:
@@ -210,11 +217,14 @@ class MuonAdamW(_PlainMethods, torch.optim.Optimizer):
                 bufs.append(self.state[p]["momentum_buffer"])
             grads = [p.grad for p in ps]
             torch._foreach_lerp_(bufs, grads, 1 - mu)  # buf = mu buf + (1 - mu) g
-            updates = torch.stack(grads).lerp_(torch.stack(bufs), mu)  # Nesterov: (1 - mu) g + mu buf
-            updates = orthogonalize(updates, self.ns_steps, self.ns_dtype)
+            nesterov = torch._foreach_lerp(grads, bufs, mu)  # (1 - mu) g + mu buf
+            wide = torch.stack([u.mT if u.size(0) > u.size(1) else u for u in nesterov])  # (n, small, large)
+            updates = orthogonalize(wide, self.ns_steps, self.ns_dtype).unbind(0)
             if wd:
                 torch._foreach_mul_(ps, 1 - lr * wd)
-            torch._foreach_add_(ps, list(updates.unbind(0)), alpha=-lr * math.sqrt(max(1.0, shape[0] / shape[1])))
+            for p, u in zip(ps, updates):
+                rows, cols = p.shape
+                p.add_(u.mT if rows > cols else u, alpha=-lr * math.sqrt(max(1.0, rows / cols)))
 
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int, decay: bool = True,

@@ -53,7 +53,8 @@ def test_attention_equals_the_naive_reference(monkeypatch, T, S):
 @pytest.mark.skipif(not _native_bf16(), reason="no native bf16 on this CPU: emulated bf16 is ~100x slower")
 def test_small_bf16_heads_train_attending_in_fp32(monkeypatch):
     calls = sdpa_calls(monkeypatch)
-    q, k, v = (t.requires_grad_() for t in qkv(8, 8, hs=16, dtype=torch.bfloat16))
+    T = kernels.EXPLICIT_MAX_T["small_heads"] + 1  # past the short windows' explicit path
+    q, k, v = (t.requires_grad_() for t in qkv(T, T, hs=16, dtype=torch.bfloat16))
     y = attention(q, k, v)
     assert calls == [torch.float32] and y.dtype == torch.bfloat16  # the fp32 path, cast back
     ref = naive_attention(q, k, v)  # in fp32 too: the two differ only by the final rounding to bf16
@@ -65,6 +66,55 @@ def test_small_bf16_heads_train_attending_in_fp32(monkeypatch):
     with torch.no_grad():  # inference keeps the model's dtype
         attention(q, k, v)
     assert calls[-1] == torch.bfloat16
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="no native bf16 on this CPU: emulated bf16 is ~100x slower")
+@pytest.mark.parametrize("seed,block", [(0, 128), (1, 128), (2, 5), (3, 5), (4, 16)])  # one block; uneven blocks
+def test_short_bf16_windows_train_with_explicit_attention_within_bf16_rounding(monkeypatch, seed, block):
+    calls = sdpa_calls(monkeypatch)
+    monkeypatch.setattr(kernels, "EXPLICIT_BLOCK", block)
+    q, k, v = (t.requires_grad_() for t in qkv(16, 16, hs=16, dtype=torch.bfloat16, seed=seed))
+    y = attention(q, k, v)
+    assert calls == [] and y.dtype == torch.bfloat16  # no SDPA: the two products around an fp32 softmax
+    ref = naive_attention(q, k, v)  # fp32 throughout, rounded to bf16 at the end
+    # Worst case of rounding the scores s (to bf16: |ds| <= 2^-8 |s|, moving each softmax weight by at most
+    # 2 max|ds| of itself), the weights P (2^-8 of each) and the output (2^-8 of it): measured 0.14 of it.
+    # (hs = 16: the 1/sqrt(hs) scaling of q is exact.)
+    s = (q.float() @ k.float().mT) * 16**-0.5
+    bound = 2**-8 * (v.float().abs().max() * (1 + 2 * s.abs().max()) + ref.float().abs().max())
+    assert (y.float() - ref.float()).abs().max() <= bound
+    g = torch.autograd.grad(y.float().square().sum(), (q, k, v))
+    g_ref = torch.autograd.grad(ref.float().square().sum(), (q, k, v))
+    for a, b in zip(g, g_ref):  # the backward rounds the scores, P and dP once each: within 4 bf16 steps of the
+        # gradient's scale (measured 2.9 at most over 50 seeds)
+        assert (a.float() - b.float()).abs().max() <= 4 * 2**-8 * b.float().abs().max()
+    with torch.no_grad():  # inference (and a cache's chunk, S > T) keeps SDPA in the model's dtype
+        attention(q, k, v)
+    assert calls == [torch.bfloat16]
+
+
+@pytest.mark.skipif(not _native_bf16(), reason="no native bf16 on this CPU: emulated bf16 is ~100x slower")
+def test_heads_of_64_train_explicitly_up_to_their_limit_then_in_bf16_flash(monkeypatch):
+    calls = sdpa_calls(monkeypatch)
+    limit = kernels.EXPLICIT_MAX_T["heads"]
+    for T in (limit, limit + 1):
+        q, k, v = (t.requires_grad_() for t in qkv(T, T, hs=64, dtype=torch.bfloat16))
+        assert attention(q, k, v).dtype == torch.bfloat16
+    assert calls == [torch.bfloat16]  # only the longer window called SDPA, in bf16
+
+
+def test_explicit_attention_drops_attention_weights_as_sdpa_does():
+    q, k, v = (t.to(torch.bfloat16) for t in qkv(16, 16, hs=16))
+    torch.manual_seed(0)
+    dropped = kernels.explicit_attention(q, k, v, dropout_p=0.5)
+    torch.manual_seed(0)
+    assert torch.equal(kernels.explicit_attention(q, k, v, dropout_p=0.5), dropped)  # the seed decides
+    y = kernels.explicit_attention(q, k, v)
+    assert not torch.equal(dropped, y)
+    # dropout keeps the expected output: the mean over 400 draws is within 4 standard errors of y
+    draws = torch.stack([kernels.explicit_attention(q, k, v, dropout_p=0.5).float() for _ in range(400)])
+    se = draws.std(0) / 400**0.5
+    assert ((draws.mean(0) - y.float()).abs() <= 4 * se + 2**-7 * y.float().abs()).float().mean() > 0.99
 
 
 def test_one_query_in_compiled_code_is_two_fused_sums(monkeypatch):
