@@ -57,9 +57,9 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
                        block: int | None = None) -> torch.Tensor:
     """`naive_attention` for training windows (T == S): two batched products in q's dtype around a softmax
     in fp32, the scores rounded to q's dtype once (as GPUs' non-flash attention rounds them). Queries go
-    `block` rows (default EXPLICIT_BLOCK) at a time, each block against only the keys it can see: the causal half of the products
-    above the diagonal is skipped, and each block's scores stay small enough for the caches. Autograd
-    differentiates it as written.
+    `block` rows (default EXPLICIT_BLOCK) at a time, each block against only the keys it can see: the
+    causal half of the products above the diagonal is skipped, and each block's scores stay small enough
+    for the caches. Autograd differentiates it as written.
     """
     T, block = q.size(-2), block or EXPLICIT_BLOCK
     q = q * q.size(-1) ** -0.5

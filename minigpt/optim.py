@@ -169,7 +169,8 @@ class MuonAdamW(_PlainMethods, torch.optim.Optimizer):
     Muon (Jordan et al. 2024): SGD momentum with Nesterov's look-ahead, the update orthogonalised by
     Newton-Schulz and scaled by sqrt(max(1, rows / cols)) (torch.optim.Muon's default), decoupled weight
     decay. Matrices of the same shape, once laid wide, are orthogonalised together as one batch (a 12-layer
-    model makes 3 batched iterations per step, not 48). The iteration runs in `ns_dtype`: bf16 only where it is native.
+    model makes 3 batched iterations per step, not 48). The iteration runs in `ns_dtype`: bf16 only where
+    it is native.
     """
 
     def __init__(self, groups: list[dict], *, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
