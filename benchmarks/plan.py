@@ -75,7 +75,7 @@ def plan_and_train(corpus: str, dataset: Path, minutes: float, tmp: Path, goal: 
     steps_planned = round(tokens_planned / (planned["batch_size"] * planned["block_size"]))
     steps = checkpoint.load(out / "ckpt.pt")["iter_num"]
     params = Shape(planned["n_layer"], planned["n_embd"], planned["block_size"], planned["batch_size"]).params
-    at_steps = model.predict(params, steps * planned["batch_size"] * planned["block_size"])
+    at_steps = model.predict(params, steps * planned["batch_size"] * planned["block_size"], planned["n_embd"])
     shape = f"{planned['n_layer']}x{planned['n_embd']}, {planned['n_head']} heads, ctx {planned['block_size']}"
     return {**row, "wall": wall, "loss": loss, "predicted": predicted, "shape": shape, "dtype": planned["dtype"],
             "steps": steps, "steps_planned": steps_planned, "at_steps": at_steps,

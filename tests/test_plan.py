@@ -133,6 +133,42 @@ def test_the_fit_with_a_fixed_floor_recovers_the_rest():
     assert (fit.alpha, fit.beta) == pytest.approx((TRUE["alpha"], TRUE["beta"]), abs=0.005)
 
 
+def test_the_fit_recovers_how_much_more_a_wider_model_learns_from_a_token():
+    true = planner.LossModel(**TRUE, gamma=0.3)
+    shapes = [(1e5, 64), (4e5, 128), (1.6e6, 256), (6.4e6, 384)]  # (parameters, width)
+    points = [(n, d, true.predict(n, d, c), c) for n, c in shapes for d in (2e5, 1e6, 5e6, 2.5e7)]
+    fit = planner.fit_loss_model(points, E=TRUE["E"], gamma=None)
+    assert fit.gamma == pytest.approx(0.3)  # on the grid
+    assert (fit.alpha, fit.beta) == pytest.approx((TRUE["alpha"], TRUE["beta"]), abs=0.005)
+    for n, d, loss, c in points:
+        assert fit.predict(n, d, c) == pytest.approx(loss, abs=2e-3)
+    # a token-is-a-token fit of the same points misses: the width is what they need
+    flat = planner.fit_loss_model(points, E=TRUE["E"])
+    assert max(abs(flat.predict(n, d, c) - loss) for n, d, loss, c in points) > 0.02
+
+
+def test_the_two_terms_add_up_to_the_prediction_and_the_widths_term_fades():
+    model = planner.LossModel(**TRUE, unique=1e6, r_star=2.0, gamma=0.3)
+    for n, d, c in [(1e5, 2e5, 64), (3e6, 4e6, 384)]:
+        size, data = model.terms(n, d, c)
+        assert size > 0 and data > 0
+        assert model.E + size + data == pytest.approx(model.predict(n, d, c), rel=1e-12)
+    gain = lambda d: model.predict(1e6, d, 128) - model.predict(1e6, d, 256)  # what twice the width buys
+    # it falls with the tokens seen as the data term does, D'^-beta
+    assert gain(2e5) / gain(2e6) == pytest.approx((model.effective(2e6) / model.effective(2e5)) ** TRUE["beta"])
+    assert planner.LossModel(**TRUE).predict(1e6, 2e5, 256) == planner.LossModel(**TRUE).predict(1e6, 2e5)
+
+
+def test_the_header_gives_the_bench_the_model_back(tmp_path):
+    model = planner.LossModel(**TRUE, unique=1e6, r_star=2.0, gamma=0.25)
+    shape = planner.Shape(2, 64, 32, 4, "bpe-128")
+    row = planner.Row(planner.Speed(shape, "float32", 1000.0, 0.1, 0.1), 12345.6,
+                      model.predict(shape.params, 12345.6, shape.n_embd))
+    p = planner.PlanConfig(dataset="data/x", minutes=1)
+    text = planner.render_config(p, tmp_path, row, [row], model, "a test", threads=1)
+    assert plan_header(text) == (model, 12345.6)
+
+
 def test_repeated_epochs_count_less():
     u = 1e6
     assert planner.effective_tokens(5e5, u) == 5e5  # the first epoch counts in full
