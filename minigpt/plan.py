@@ -283,10 +283,17 @@ class Speed:
     eval_s: float  # one evaluation (eval_iters batches of both splits) and a checkpoint
 
 
-def measure(dataset: str, shape: Shape, dtype: str, threads: int, steps: int = 3, warm: int = 1,
-            device: str = "cpu") -> Speed:
-    """tokens/s of `steps` real training steps after `warm` untimed ones, with train.py's setup; the
-    evaluation + checkpoint time from the forward share of a step (eval_iters batches of two splits)."""
+# How long a candidate's steps are timed: this VM's step time wanders by +-10% within seconds, and a 1-minute
+# BPE plan misses by 0.05 for 7% fewer steps than it counted (docs/plan.md), so a few steps are not enough
+MEASURE_SECONDS = 3.0
+
+
+def measure(dataset: str, shape: Shape, dtype: str, threads: int, steps: int = 3, warm: int = 2,
+            device: str = "cpu", seconds: float | None = None) -> Speed:
+    """tokens/s of real training steps (at least `steps`, and for at least `seconds`) after `warm` untimed
+    ones, with train.py's setup; the evaluation + checkpoint time from the forward share of a step
+    (eval_iters batches of two splits). `seconds`: MEASURE_SECONDS unless given."""
+    seconds = MEASURE_SECONDS if seconds is None else seconds
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         cfg = train_config(dataset, shape, tmp, dtype=dtype, threads=threads, device=device)
         t0 = time.perf_counter()
@@ -295,9 +302,11 @@ def measure(dataset: str, shape: Shape, dtype: str, threads: int, steps: int = 3
         for _ in range(warm):
             trainer.train_step(run, 1e-4)
         t2 = time.perf_counter()
-        for _ in range(steps):
+        done = 0
+        while done < steps or time.perf_counter() - t2 < seconds:
             trainer.train_step(run, 1e-4)
-        step_s = (time.perf_counter() - t2) / steps
+            done += 1
+        step_s = (time.perf_counter() - t2) / done
         t3 = time.perf_counter()
         run.save(improved=False)
         save_s = time.perf_counter() - t3

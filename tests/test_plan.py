@@ -224,6 +224,7 @@ def small_shapes(monkeypatch):
               planner.Shape(2, 64, 32, 4, "char-256")]
     monkeypatch.setattr(planner, "candidates", lambda kind: list(shapes))
     monkeypatch.setattr(planner, "import_seconds", lambda: 0.0)
+    monkeypatch.setattr(planner, "MEASURE_SECONDS", 0.2)  # steps of a few ms: hundreds of them
     return shapes
 
 
