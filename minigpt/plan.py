@@ -281,6 +281,7 @@ class Speed:
     tokens_per_s: float
     setup_s: float  # building data, model and optimizer
     eval_s: float  # one evaluation (eval_iters batches of both splits) and a checkpoint
+    warm_s: float = 0.0  # what the first steps take beyond the steady step time (a run pays it too)
 
 
 # How long a candidate's steps are timed: this VM's step time wanders by +-10% within seconds, and a 1-minute
@@ -291,8 +292,9 @@ MEASURE_SECONDS = 3.0
 def measure(dataset: str, shape: Shape, dtype: str, threads: int, steps: int = 3, warm: int = 2,
             device: str = "cpu", seconds: float | None = None) -> Speed:
     """tokens/s of real training steps (at least `steps`, and for at least `seconds`) after `warm` untimed
-    ones, with train.py's setup; the evaluation + checkpoint time from the forward share of a step
-    (eval_iters batches of two splits). `seconds`: MEASURE_SECONDS unless given."""
+    ones, with train.py's setup; what the warm steps took beyond the steady rate; one evaluation as the
+    trainer makes it (eval_iters batches of both splits) and a checkpoint. `seconds`: MEASURE_SECONDS
+    unless given."""
     seconds = MEASURE_SECONDS if seconds is None else seconds
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         cfg = train_config(dataset, shape, tmp, dtype=dtype, threads=threads, device=device)
@@ -308,10 +310,11 @@ def measure(dataset: str, shape: Shape, dtype: str, threads: int, steps: int = 3
             done += 1
         step_s = (time.perf_counter() - t2) / done
         t3 = time.perf_counter()
+        trainer.estimate_loss(run)
         run.save(improved=False)
-        save_s = time.perf_counter() - t3
-    eval_s = 2 * cfg.train.eval_iters * step_s / 3 + save_s  # a forward pass is about a third of a step
-    return Speed(shape, dtype, shape.batch_size * shape.block_size / step_s, t1 - t0, eval_s)
+        eval_s = time.perf_counter() - t3
+    warm_s = max(0.0, t2 - t1 - warm * step_s)
+    return Speed(shape, dtype, shape.batch_size * shape.block_size / step_s, t1 - t0, eval_s, warm_s)
 
 
 def pilot(dataset: str, shape: Shape, tokens: int, dtype: str, threads: int, val_tokens: int = 0,
@@ -447,8 +450,8 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
     def train_seconds(s: Speed) -> float:
         """What the budget leaves for training steps: start-up (imports, and the slowest setup measured: the
         first one pays lazy imports, as a fresh train.py does), the evaluation and checkpoint at step 0 and at
-        the end."""
-        return budget - import_s - max(x.setup_s for x in speeds.values()) - 2 * s.eval_s
+        the end, and the first steps' extra time."""
+        return budget - import_s - max(x.setup_s for x in speeds.values()) - 2 * s.eval_s - s.warm_s
 
     def predict(s: Speed) -> Row:
         tokens = max(0.0, train_seconds(s) * s.tokens_per_s)
