@@ -89,9 +89,10 @@ class LossModel:
 
     def describe(self) -> str:
         data = f"(D' (C/{WIDTH_REF})^{self.gamma:g})" if self.gamma else "D'"
+        notes = ([f"D' discounts epochs past {self.unique:,.0f} tokens, R* = {self.r_star:g}"] if self.unique else []) + \
+                (["C: the width"] if self.gamma else [])
         return (f"L = {self.E:.3f} + {self.A:.4g} / N^{self.alpha:.3f} + {self.B:.4g} / {data}^{self.beta:.3f}"
-                + (f"  (D' discounts epochs past {self.unique:,.0f} tokens, R* = {self.r_star:g}; C: the width)"
-                   if self.unique else ""))
+                + (f"  ({'; '.join(notes)})" if notes else ""))
 
 
 def _nnls3(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:

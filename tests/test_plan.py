@@ -169,6 +169,13 @@ def test_the_header_gives_the_bench_the_model_back(tmp_path):
     assert plan_header(text) == (model, 12345.6)
 
 
+def test_the_printed_model_names_the_width_only_where_it_counts():
+    chars, bpe = planner.LossModel(**TRUE, unique=1e6, r_star=2.0), planner.LossModel(**TRUE, unique=1e6, gamma=0.3)
+    assert "C/128" not in chars.describe() and "width" not in chars.describe()
+    assert "(C/128)^0.3" in bpe.describe() and "C: the width" in bpe.describe()
+    assert "C: the width" in planner.LossModel(**TRUE, gamma=0.3).describe()  # no epochs to discount, still C
+
+
 def test_repeated_epochs_count_less():
     u = 1e6
     assert planner.effective_tokens(5e5, u) == 5e5  # the first epoch counts in full
