@@ -89,8 +89,9 @@ class LossModel:
 
     def describe(self) -> str:
         data = f"(D' (C/{WIDTH_REF})^{self.gamma:g})" if self.gamma else "D'"
-        notes = ([f"D' discounts epochs past {self.unique:,.0f} tokens, R* = {self.r_star:g}"] if self.unique else []) + \
-                (["C: the width"] if self.gamma else [])
+        notes = [f"D' discounts epochs past {self.unique:,.0f} tokens, R* = {self.r_star:g}"] if self.unique else []
+        if self.gamma:
+            notes.append("C: the width")
         return (f"L = {self.E:.3f} + {self.A:.4g} / N^{self.alpha:.3f} + {self.B:.4g} / {data}^{self.beta:.3f}"
                 + (f"  ({'; '.join(notes)})" if notes else ""))
 
