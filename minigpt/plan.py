@@ -450,10 +450,15 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
         how += ", made on this dataset: no pilots needed, the whole budget trains"
 
     def train_seconds(s: Speed) -> float:
-        """What the budget leaves for training steps: start-up (imports, and the slowest setup measured: the
-        first one pays lazy imports, as a fresh train.py does), the evaluation and checkpoint at step 0 and at
-        the end, and the first steps' extra time."""
-        return budget - import_s - max(x.setup_s for x in speeds.values()) - 2 * s.eval_s - s.warm_s
+        """What the budget leaves for training steps: start-up (imports, and the slowest setup of every timing,
+        kept or not: the first one pays lazy imports, as a fresh train.py does), the evaluation and checkpoint
+        at step 0 and at the end, and the first steps' extra time."""
+        return budget - import_s - max(setups) - 2 * s.eval_s - s.warm_s
+
+    def timed(shape: Shape, dtype: str) -> Speed:
+        s = measure(str(path), shape, dtype, threads, device=str(device))
+        setups.append(s.setup_s)
+        return s
 
     def predict(s: Speed) -> Row:
         tokens = max(0.0, train_seconds(s) * s.tokens_per_s)
@@ -463,11 +468,12 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
     # ones take it too); past the best prediction larger ones only get slower, so measuring stops after two
     # that lose by more than STOP_MARGIN
     speeds: dict[Shape, Speed] = {}
+    setups: list[float] = []
     shapes.sort(key=lambda s: s.params)
     with tqdm(total=len(shapes) * len(dtypes), desc="measuring", unit="run") as bar:
         for shape in shapes:
             for dtype in dtypes:
-                s = measure(str(path), shape, dtype, threads, device=str(device))
+                s = timed(shape, dtype)
                 if shape not in speeds or s.tokens_per_s > speeds[shape].tokens_per_s:
                     speeds[shape] = s
                 bar.update(1)
@@ -491,14 +497,13 @@ def plan(p: PlanConfig, rc: RuntimeConfig, *, import_s: float | None = None, say
     # candidate lead after it, that one is timed again too.
     retimed: set[Shape] = set()
     while (leader := min(speeds.values(), key=lambda s: predict(s).loss)).shape not in retimed:
-        again = measure(str(path), leader.shape, leader.dtype, threads, device=str(device))
+        again = timed(leader.shape, leader.dtype)
         say(f"timed the leader {leader.shape.label()} again: {leader.tokens_per_s:,.0f} -> {again.tokens_per_s:,.0f} tokens/s")
         speeds[leader.shape] = again
         retimed.add(leader.shape)
 
     # pilots, then predict and pick
-    if pilots:
-        leader = min(speeds.values(), key=lambda s: predict(s).loss)
+    if pilots:  # `leader`: the one timed twice, above
         smallest = speeds[shapes[0]]
         val_tokens = min(PILOT_VAL_TOKENS, len(dataset.splits["val"]) - 1)
         points = run_pilots(str(path), leader, smallest, p.pilot_share * budget, threads, str(device), val_tokens,
